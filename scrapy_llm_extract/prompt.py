@@ -1,0 +1,117 @@
+"""The one request builder shared by the real-time call and the batch row.
+
+Both paths must send the same bytes for the same item: the batch row embeds
+``ExtractionRequest.body_json`` as is, and the real-time path hands the same
+``body`` to the SDK, which serialises it exactly like :func:`dump_json`.
+The static instructions come first and the page last, so OpenAI's prompt
+caching can reuse the prefix; the page is wrapped in delimiters it cannot
+close, because page content is untrusted data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from .config import Config
+from .models import model_info
+from .schema import response_format
+from .slim import SlimPage
+from .tokens import count_tokens, truncate_to_tokens
+
+#: Tags of the user message; page text cannot contain them (see neutralise()).
+DELIMITER_TAGS = ("untrusted_page", "structured_data", "visible_text")
+_DELIMITER_RE = re.compile(r"<(/?\s*)(" + "|".join(DELIMITER_TAGS) + r")", re.IGNORECASE)
+#: tiktoken counts message contents; chat framing adds a few tokens per message.
+TOKENS_PER_MESSAGE = 3
+REPLY_PRIMING_TOKENS = 3
+#: Room kept for the response_format schema and framing when sizing the page budget.
+SAFETY_MARGIN_TOKENS = 256
+
+
+def dump_json(value: Any) -> str:
+    """JSON exactly as the openai SDK serialises request bodies (``openapi_dumps``)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def neutralise(text: str) -> str:
+    """Make delimiter tags in page content inert, so the page cannot end its own block."""
+    return _DELIMITER_RE.sub(lambda match: "\u2039" + match.group(1) + match.group(2), text)
+
+
+@dataclass(frozen=True)
+class ExtractionRequest:
+    """A chat-completions body ready for either path, with what it costs."""
+
+    body: dict[str, Any]
+    prompt_tokens: int
+    truncated: bool
+
+    @cached_property
+    def body_json(self) -> str:
+        return dump_json(self.body)
+
+    @property
+    def model(self) -> str:
+        return str(self.body["model"])
+
+
+class RequestBuilder:
+    """Builds extraction requests for one crawler's configuration."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._instruction_tokens = count_tokens(config.instructions, config.model)
+        context = model_info(config.model, config.prices).context_window
+        room = (
+            context
+            - self._instruction_tokens
+            - config.max_output_tokens
+            - 2 * TOKENS_PER_MESSAGE
+            - REPLY_PRIMING_TOKENS
+            - SAFETY_MARGIN_TOKENS
+        )
+        self.max_page_tokens = min(config.max_input_tokens or room, room)
+
+    def build(
+        self, page: SlimPage, *, url: str | None, schema: dict[str, Any], schema_name: str
+    ) -> ExtractionRequest:
+        content, page_tokens, truncated = self._page_message(page, url)
+        body = {
+            "model": self.config.model,
+            "messages": [
+                {"role": "system", "content": self.config.instructions},
+                {"role": "user", "content": content},
+            ],
+            "response_format": response_format(schema, schema_name),
+            "max_completion_tokens": self.config.max_output_tokens,
+            "temperature": 0,
+        }
+        prompt_tokens = (
+            self._instruction_tokens + page_tokens + 2 * TOKENS_PER_MESSAGE + REPLY_PRIMING_TOKENS
+        )
+        return ExtractionRequest(body=body, prompt_tokens=prompt_tokens, truncated=truncated)
+
+    def _page_message(self, page: SlimPage, url: str | None) -> tuple[str, int, bool]:
+        """The user message, cut to the token budget: visible text goes before structured data."""
+        model = self.config.model
+        opening = f'<untrusted_page url="{neutralise(url or "")}">\n' if url else "<untrusted_page>\n"
+        closing = "</untrusted_page>"
+        structured = neutralise(page.structured)
+        text = neutralise(page.text)
+        frame_tokens = count_tokens(opening + closing, model) + 16  # section tags
+        budget = self.max_page_tokens - frame_tokens
+        structured, structured_cut = truncate_to_tokens(structured, budget, model)
+        budget -= count_tokens(structured, model)
+        text, text_cut = truncate_to_tokens(text, max(budget, 0), model)
+        parts = [opening]
+        if structured:
+            parts.append(f"<structured_data>\n{structured}\n</structured_data>\n")
+        if text:
+            parts.append(f"<visible_text>\n{text}\n</visible_text>\n")
+        parts.append(closing)
+        content = "".join(parts)
+        return content, count_tokens(content, model), structured_cut or text_cut

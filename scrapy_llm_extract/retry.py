@@ -1,0 +1,114 @@
+"""One retry policy for every API call the package makes.
+
+The SDK could retry too, but then retries would be invisible to our stats and
+its ceiling on ``Retry-After`` (it gives up past 120 s) would not be ours; so
+clients are built with ``max_retries=0`` and every call site goes through
+:class:`RetryPolicy`, which retries 429s, 5xx answers, timeouts and dropped
+connections with capped exponential backoff, honouring ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import openai
+
+from .config import Config
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RETRYABLE = (
+    openai.RateLimitError,
+    openai.InternalServerError,
+    openai.APITimeoutError,
+    openai.APIConnectionError,
+)
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds the server asked us to wait (``retry-after-ms`` or ``retry-after``)."""
+    response = getattr(exc, "response", None)
+    if response is None:
+        return None
+    headers = response.headers
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is not None:
+            try:
+                return max(float(value) * scale, 0.0)
+            except ValueError:
+                continue
+    return None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int
+    max_time: float
+    base_delay: float = 0.5
+    max_delay: float = 60.0
+
+    @classmethod
+    def from_config(cls, config: Config) -> RetryPolicy:
+        return cls(max_retries=config.max_retries, max_time=config.retry_max_time)
+
+    def delay(self, exc: BaseException, attempt: int, elapsed: float) -> float | None:
+        """Seconds to wait before retry ``attempt`` (1-based), or None to give up."""
+        if not isinstance(exc, RETRYABLE) or attempt > self.max_retries:
+            return None
+        asked = retry_after(exc)
+        if asked is not None:
+            wait = asked
+        else:
+            wait = min(self.base_delay * 2 ** (attempt - 1), self.max_delay)
+            wait *= 0.5 + random.random() / 2  # jitter: spread retries of a burst
+        if elapsed + wait > self.max_time:
+            return None
+        return wait
+
+    async def call(
+        self,
+        operation: Callable[[], Awaitable[T]],
+        on_retry: Callable[[BaseException, float], None] | None = None,
+    ) -> T:
+        """Await ``operation()`` until it succeeds or the policy gives up (then re-raise)."""
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                return await operation()
+            except Exception as exc:
+                attempt += 1
+                wait = self.delay(exc, attempt, time.monotonic() - start)
+                if wait is None:
+                    raise
+                if on_retry:
+                    on_retry(exc, wait)
+                await asyncio.sleep(wait)
+
+    def call_sync(
+        self,
+        operation: Callable[[], T],
+        on_retry: Callable[[BaseException, float], None] | None = None,
+    ) -> T:
+        """Blocking twin of :meth:`call`, for the command line."""
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                return operation()
+            except Exception as exc:
+                attempt += 1
+                wait = self.delay(exc, attempt, time.monotonic() - start)
+                if wait is None:
+                    raise
+                if on_retry:
+                    on_retry(exc, wait)
+                time.sleep(wait)
