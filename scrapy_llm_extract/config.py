@@ -49,9 +49,7 @@ SETTINGS: dict[str, Setting] = {
     "LLM_EXTRACT_OUTPUT_FIELD": Setting(
         None, "Item field to store extracted fields under (None: merge them into the item)."
     ),
-    "LLM_EXTRACT_KEEP_SOURCE": Setting(
-        False, "Keep the bulky source field on extracted items."
-    ),
+    "LLM_EXTRACT_KEEP_SOURCE": Setting(False, "Keep the bulky source field on extracted items."),
     "LLM_EXTRACT_ERROR_FIELD": Setting(
         "llm_extract_error", "Item field that receives the reason when extraction failed."
     ),
@@ -151,12 +149,18 @@ def _data_dir(value: str | os.PathLike[str]) -> Path:
     return Path(data_path(value, createdir=False))
 
 
-def _positive(name: str, value: Any, *, allow_none: bool = False) -> Any:
-    if value is None and allow_none:
-        return value
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+def _positive(settings: BaseSettings, name: str, *, integer: bool = True) -> Any:
+    """A positive number from settings (the command line gives strings), None if unset."""
+    value = settings.get(name, SETTINGS[name].default)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = 0.0
+    if isinstance(value, bool) or number <= 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}.")
-    return value
+    return int(number) if integer else number
 
 
 @dataclass(frozen=True)
@@ -217,7 +221,6 @@ class Config:
             raise ValueError(
                 f"LLM_EXTRACT_REALTIME_FALLBACK must be 'batch' or 'error', got {fallback!r}."
             )
-        max_input = get("LLM_EXTRACT_MAX_INPUT_TOKENS")
         emulator_dir = get("LLM_EXTRACT_EMULATOR_DIR")
         return cls(
             model=get("LLM_EXTRACT_MODEL"),
@@ -228,49 +231,32 @@ class Config:
             output_field=get("LLM_EXTRACT_OUTPUT_FIELD"),
             keep_source=get_bool("LLM_EXTRACT_KEEP_SOURCE"),
             error_field=get("LLM_EXTRACT_ERROR_FIELD"),
-            max_input_tokens=_positive("LLM_EXTRACT_MAX_INPUT_TOKENS", max_input, allow_none=True)
-            and int(max_input),
-            max_output_tokens=int(
-                _positive("LLM_EXTRACT_MAX_OUTPUT_TOKENS", get("LLM_EXTRACT_MAX_OUTPUT_TOKENS"))
-            ),
+            max_input_tokens=_positive(settings, "LLM_EXTRACT_MAX_INPUT_TOKENS"),
+            max_output_tokens=_positive(settings, "LLM_EXTRACT_MAX_OUTPUT_TOKENS"),
             priority_field=get("LLM_EXTRACT_PRIORITY_FIELD"),
             timestamp_field=get("LLM_EXTRACT_TIMESTAMP_FIELD"),
-            realtime_max_age=settings.getfloat(
-                "LLM_EXTRACT_REALTIME_MAX_AGE", SETTINGS["LLM_EXTRACT_REALTIME_MAX_AGE"].default
-            ),
+            realtime_max_age=_positive(settings, "LLM_EXTRACT_REALTIME_MAX_AGE", integer=False),
             router=router,
-            concurrent_requests=int(
-                _positive(
-                    "LLM_EXTRACT_CONCURRENT_REQUESTS", get("LLM_EXTRACT_CONCURRENT_REQUESTS")
-                )
-            ),
-            rpm=_positive("LLM_EXTRACT_RPM", get("LLM_EXTRACT_RPM"), allow_none=True),
-            tpm=_positive("LLM_EXTRACT_TPM", get("LLM_EXTRACT_TPM"), allow_none=True),
-            timeout=float(_positive("LLM_EXTRACT_TIMEOUT", get("LLM_EXTRACT_TIMEOUT"))),
+            concurrent_requests=_positive(settings, "LLM_EXTRACT_CONCURRENT_REQUESTS"),
+            rpm=_positive(settings, "LLM_EXTRACT_RPM", integer=False),
+            tpm=_positive(settings, "LLM_EXTRACT_TPM", integer=False),
+            timeout=_positive(settings, "LLM_EXTRACT_TIMEOUT", integer=False),
             max_retries=settings.getint(
                 "LLM_EXTRACT_MAX_RETRIES", SETTINGS["LLM_EXTRACT_MAX_RETRIES"].default
             ),
-            retry_max_time=float(get("LLM_EXTRACT_RETRY_MAX_TIME")),
+            retry_max_time=_positive(settings, "LLM_EXTRACT_RETRY_MAX_TIME", integer=False),
             realtime_fallback=fallback,
             cache_enabled=get_bool("LLM_EXTRACT_CACHE_ENABLED"),
             cache_dir=_data_dir(get("LLM_EXTRACT_CACHE_DIR")),
             prices=settings.getdict("LLM_EXTRACT_PRICES"),
             spool_dir=_data_dir(get("LLM_EXTRACT_SPOOL_DIR")),
-            batch_max_requests=int(
-                _positive("LLM_EXTRACT_BATCH_MAX_REQUESTS", get("LLM_EXTRACT_BATCH_MAX_REQUESTS"))
-            ),
-            batch_max_bytes=int(
-                _positive("LLM_EXTRACT_BATCH_MAX_BYTES", get("LLM_EXTRACT_BATCH_MAX_BYTES"))
-            ),
-            batch_max_tokens=int(
-                _positive("LLM_EXTRACT_BATCH_MAX_TOKENS", get("LLM_EXTRACT_BATCH_MAX_TOKENS"))
-            ),
+            batch_max_requests=_positive(settings, "LLM_EXTRACT_BATCH_MAX_REQUESTS"),
+            batch_max_bytes=_positive(settings, "LLM_EXTRACT_BATCH_MAX_BYTES"),
+            batch_max_tokens=_positive(settings, "LLM_EXTRACT_BATCH_MAX_TOKENS"),
             submit_on_close=get_bool("LLM_EXTRACT_SUBMIT_ON_CLOSE"),
             submit_early=get_bool("LLM_EXTRACT_SUBMIT_EARLY"),
             pass_pending=get_bool("LLM_EXTRACT_PASS_PENDING"),
-            max_attempts=int(
-                _positive("LLM_EXTRACT_MAX_ATTEMPTS", get("LLM_EXTRACT_MAX_ATTEMPTS"))
-            ),
+            max_attempts=_positive(settings, "LLM_EXTRACT_MAX_ATTEMPTS"),
             keep_remote_files=get_bool("LLM_EXTRACT_KEEP_REMOTE_FILES"),
             api_key=get("LLM_EXTRACT_API_KEY"),
             base_url=get("LLM_EXTRACT_BASE_URL"),

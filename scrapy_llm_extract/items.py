@@ -19,6 +19,7 @@ from .config import Config
 
 logger = logging.getLogger(__name__)
 
+
 def input_fields(config: Config) -> tuple[str, ...]:
     """Fields that feed extraction or routing and are never asked of the model."""
     names = (

@@ -66,7 +66,11 @@ def cost_usd(
     if batch:
         total = input_tokens * info.input_price + output_tokens * info.output_price
         return total * BATCH_DISCOUNT / 1_000_000
-    cached_price = info.cached_input_price if info.cached_input_price is not None else info.input_price
+    cached_price = (
+        info.cached_input_price if info.cached_input_price is not None else info.input_price
+    )
     fresh = input_tokens - cached_tokens
-    total = fresh * info.input_price + cached_tokens * cached_price + output_tokens * info.output_price
+    total = (
+        fresh * info.input_price + cached_tokens * cached_price + output_tokens * info.output_price
+    )
     return total / 1_000_000

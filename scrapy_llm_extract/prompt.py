@@ -98,7 +98,9 @@ class RequestBuilder:
     def _page_message(self, page: SlimPage, url: str | None) -> tuple[str, int, bool]:
         """The user message, cut to the token budget: visible text goes before structured data."""
         model = self.config.model
-        opening = f'<untrusted_page url="{neutralise(url or "")}">\n' if url else "<untrusted_page>\n"
+        opening = (
+            f'<untrusted_page url="{neutralise(url or "")}">\n' if url else "<untrusted_page>\n"
+        )
         closing = "</untrusted_page>"
         structured = neutralise(page.structured)
         text = neutralise(page.text)

@@ -83,8 +83,9 @@ def parse_completion(body: Mapping[str, Any], schema: Mapping[str, Any]) -> Outc
         return Failure(REFUSAL, f"the model refused: {message['refusal']}", usage)
     if finish_reason == "length":
         return Failure(
-            LENGTH, "the answer was cut at the output token limit; raise"
-            " LLM_EXTRACT_MAX_OUTPUT_TOKENS", usage,
+            LENGTH,
+            "the answer was cut at the output token limit; raise LLM_EXTRACT_MAX_OUTPUT_TOKENS",
+            usage,
         )
     if finish_reason == "content_filter":
         return Failure(CONTENT_FILTER, "the answer was stopped by OpenAI's content filter", usage)
@@ -97,7 +98,9 @@ def parse_completion(body: Mapping[str, Any], schema: Mapping[str, Any]) -> Outc
         return Failure(INVALID_JSON, f"the answer is not JSON ({exc})", usage)
     errors = validation_errors(fields, schema)
     if errors:
-        return Failure(SCHEMA_MISMATCH, "the answer breaks the schema: " + "; ".join(errors[:3]), usage)
+        return Failure(
+            SCHEMA_MISMATCH, "the answer breaks the schema: " + "; ".join(errors[:3]), usage
+        )
     return Extracted(fields, usage, body.get("model"))
 
 

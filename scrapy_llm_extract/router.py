@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from itemadapter import ItemAdapter
+from scrapy.utils.misc import load_object
 
 from .config import ROUTES, Config
 
@@ -62,8 +63,6 @@ def resolve_router(config: Config, spider: Any) -> Callable[[Any, Any], str]:
     """The spider's ``llm_extract_router``, else LLM_EXTRACT_ROUTER, else the default rule."""
     custom = getattr(spider, "llm_extract_router", None) or config.router
     if isinstance(custom, str):
-        from scrapy.utils.misc import load_object
-
         custom = load_object(custom)
     return custom or DefaultRouter(config)
 

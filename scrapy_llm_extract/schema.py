@@ -19,7 +19,16 @@ from itemadapter import ItemAdapter
 #: Keywords strict mode accepts that matter for extraction; everything else
 #: (format, pattern, lengths, bounds, defaults, titles, $ref) is dropped.
 STRICT_KEYWORDS = frozenset(
-    {"type", "description", "enum", "properties", "required", "additionalProperties", "items", "anyOf"}
+    {
+        "type",
+        "description",
+        "enum",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "anyOf",
+    }
 )
 JSON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
@@ -138,7 +147,9 @@ def validation_errors(value: Any, schema: Mapping[str, Any], path: str = "$") ->
         return [f"{path}: {value!r} is not one of {schema['enum']!r}"]
     if isinstance(value, dict) and "properties" in schema:
         properties = schema["properties"]
-        errors = [f"{path}: missing {name!r}" for name in schema.get("required", ()) if name not in value]
+        errors = [
+            f"{path}: missing {name!r}" for name in schema.get("required", ()) if name not in value
+        ]
         if schema.get("additionalProperties") is False:
             errors += [f"{path}: unexpected {name!r}" for name in value if name not in properties]
         for name, sub in value.items():
