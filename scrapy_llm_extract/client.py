@@ -8,6 +8,7 @@ run still exercises the real SDK end to end.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import httpx2
@@ -37,9 +38,25 @@ def _client_options(config: Config, asynchronous: bool) -> dict[str, Any]:
     return options
 
 
+class MissingAPIKey(RuntimeError):
+    """No API key in the settings nor in the environment."""
+
+
+def _require_key(options: dict[str, Any]) -> None:
+    if "api_key" not in options and not os.environ.get("OPENAI_API_KEY"):
+        raise MissingAPIKey(
+            "No OpenAI API key: set LLM_EXTRACT_API_KEY or the OPENAI_API_KEY environment"
+            " variable (or LLM_EXTRACT_EMULATOR_DIR to run offline against the emulator)."
+        )
+
+
 def async_client(config: Config) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(**_client_options(config, asynchronous=True))
+    options = _client_options(config, asynchronous=True)
+    _require_key(options)
+    return openai.AsyncOpenAI(**options)
 
 
 def sync_client(config: Config) -> openai.OpenAI:
-    return openai.OpenAI(**_client_options(config, asynchronous=False))
+    options = _client_options(config, asynchronous=False)
+    _require_key(options)
+    return openai.OpenAI(**options)

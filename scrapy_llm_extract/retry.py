@@ -73,42 +73,49 @@ class RetryPolicy:
             return None
         return wait
 
+    def attempts(
+        self, on_retry: Callable[[BaseException, float], None] | None = None
+    ) -> Callable[[BaseException], float | None]:
+        """A tracker for one call: given each failure, the wait before the next try, or None."""
+        start = time.monotonic()
+        count = 0
+
+        def wait_after(exc: BaseException) -> float | None:
+            nonlocal count
+            count += 1
+            wait = self.delay(exc, count, time.monotonic() - start)
+            if wait is not None and on_retry is not None:
+                on_retry(exc, wait)
+            return wait
+
+        return wait_after
+
     async def call(
         self,
         operation: Callable[[], Awaitable[T]],
         on_retry: Callable[[BaseException, float], None] | None = None,
     ) -> T:
         """Await ``operation()`` until it succeeds or the policy gives up (then re-raise)."""
-        start = time.monotonic()
-        attempt = 0
+        wait_after = self.attempts(on_retry)
         while True:
             try:
                 return await operation()
             except Exception as exc:
-                attempt += 1
-                wait = self.delay(exc, attempt, time.monotonic() - start)
-                if wait is None:
+                if (wait := wait_after(exc)) is None:
                     raise
-                if on_retry:
-                    on_retry(exc, wait)
-                await asyncio.sleep(wait)
+            await asyncio.sleep(wait)
 
     def call_sync(
         self,
         operation: Callable[[], T],
         on_retry: Callable[[BaseException, float], None] | None = None,
     ) -> T:
-        """Blocking twin of :meth:`call`, for the command line."""
-        start = time.monotonic()
-        attempt = 0
+        """Blocking twin of :meth:`call`, for code that runs outside the reactor."""
+        wait_after = self.attempts(on_retry)
         while True:
             try:
                 return operation()
             except Exception as exc:
-                attempt += 1
-                wait = self.delay(exc, attempt, time.monotonic() - start)
-                if wait is None:
+                if (wait := wait_after(exc)) is None:
                     raise
-                if on_retry:
-                    on_retry(exc, wait)
-                time.sleep(wait)
+            time.sleep(wait)
