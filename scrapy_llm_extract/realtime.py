@@ -1,0 +1,266 @@
+"""Real-time extraction: one awaited chat-completions call per urgent item.
+
+The call is awaited under Scrapy's asyncio reactor, so a slow answer holds up
+its own item only, never the crawl. Nothing in Scrapy caps work done inside a
+pipeline, hence a per-crawler semaphore (``LLM_EXTRACT_CONCURRENT_REQUESTS``)
+and optional request/token budgets (``LLM_EXTRACT_RPM`` / ``LLM_EXTRACT_TPM``).
+Retries go through :class:`~.retry.RetryPolicy` (the SDK's are off) so that
+each one is counted. Whatever happens, :meth:`RealtimeExtractor.extract`
+returns an outcome: the pipeline decides what a failure becomes (batch spool
+or error field), so no item is lost to an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+import openai
+from scrapy.utils.asyncio import is_asyncio_available
+
+from .cache import ResponseCache
+from .client import async_client
+from .config import Config
+from .models import cost_usd, model_info
+from .results import (
+    API_ERROR,
+    CONNECTION,
+    RATE_LIMITED,
+    TIMEOUT,
+    Extracted,
+    Failure,
+    Outcome,
+    Usage,
+    parse_completion,
+)
+from .retry import RetryPolicy, retry_after
+
+if TYPE_CHECKING:
+    from scrapy.statscollectors import StatsCollector
+
+    from .extraction import Prepared
+    from .prompt import ExtractionRequest
+
+logger = logging.getLogger(__name__)
+
+STATS_PREFIX = "llm_extract/realtime"
+CHAT_COMPLETIONS_PATH = "/chat/completions"
+SECONDS_PER_MINUTE = 60.0
+
+
+class UnsupportedReactor(RuntimeError):
+    """The crawl runs on a Twisted reactor that cannot await the asyncio-based SDK."""
+
+
+@dataclass
+class _Bucket:
+    """A minute's allowance that refills continuously; it may go into debt."""
+
+    capacity: float
+    level: float
+    updated: float
+
+    def shortfall(self, amount: float, now: float) -> float:
+        """Seconds until ``amount`` is there; more than the capacity waits for a full bucket."""
+        rate = self.capacity / SECONDS_PER_MINUTE
+        self.level = min(self.capacity, self.level + (now - self.updated) * rate)
+        self.updated = now
+        return max(min(amount, self.capacity) - self.level, 0.0) / rate
+
+
+class RateLimiter:
+    """Keeps real-time calls under LLM_EXTRACT_RPM / LLM_EXTRACT_TPM, and quiet after a 429.
+
+    Token buckets hold one minute's allowance, like OpenAI's own limits, and
+    refill continuously. :meth:`pause` stops every caller, not just the one
+    that was told to wait, so a 429 storm is not fed by new requests.
+    """
+
+    def __init__(
+        self,
+        rpm: float | None,
+        tpm: float | None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        self.clock = clock
+        self.sleep = sleep
+        now = clock()
+        self._requests = _Bucket(rpm, rpm, now) if rpm else None
+        self._tokens = _Bucket(tpm, tpm, now) if tpm else None
+        self._paused_until = now
+
+    def pause(self, seconds: float) -> None:
+        """Hold every caller for ``seconds`` from now (a server's Retry-After)."""
+        self._paused_until = max(self._paused_until, self.clock() + seconds)
+
+    def wait_time(self, tokens: int) -> float:
+        """Take one request of ``tokens`` and return 0, or return the seconds to wait first."""
+        now = self.clock()
+        if now < self._paused_until:
+            return self._paused_until - now
+        costs = ((self._requests, 1), (self._tokens, tokens))
+        wait = max(
+            (bucket.shortfall(amount, now) for bucket, amount in costs if bucket is not None),
+            default=0.0,
+        )
+        if wait > 0:
+            return wait
+        for bucket, amount in costs:
+            if bucket is not None:
+                bucket.level -= amount
+        return 0.0
+
+    async def acquire(self, tokens: int) -> None:
+        while (wait := self.wait_time(tokens)) > 0:
+            await self.sleep(wait)
+
+
+class RealtimeExtractor:
+    """Extracts one prepared item at a time, many at once, for one crawler."""
+
+    def __init__(
+        self,
+        config: Config,
+        stats: StatsCollector,
+        client: openai.AsyncOpenAI | None = None,
+    ) -> None:
+        if not is_asyncio_available():
+            raise UnsupportedReactor(
+                "scrapy-llm-extract awaits the OpenAI SDK on asyncio, but this crawl runs on"
+                " another Twisted reactor. Set TWISTED_REACTOR ="
+                ' "twisted.internet.asyncioreactor.AsyncioSelectorReactor" (Scrapy\'s default).'
+            )
+        self.config = config
+        self.stats = stats
+        self.client = client or async_client(config)
+        self.retry = RetryPolicy.from_config(config)
+        self.limiter = RateLimiter(config.rpm, config.tpm)
+        self.cache = ResponseCache(config.cache_dir) if config.cache_enabled else None
+        self._slots = asyncio.Semaphore(config.concurrent_requests)
+        self._model = model_info(config.model, config.prices)
+
+    async def extract(self, prepared: Prepared) -> Outcome:
+        """The extracted fields, or a failure of a named kind; never raises."""
+        self._inc("requests")
+        try:
+            outcome = await self._extract(prepared)
+        except Exception as exc:  # a bug here must not lose the item: the pipeline handles failures
+            logger.error("Real-time extraction of %s crashed.", prepared.url, exc_info=True)
+            outcome = Failure(API_ERROR, self._redact(f"unexpected {type(exc).__name__}: {exc}"))
+        if isinstance(outcome, Extracted):
+            self._inc("succeeded")
+        else:
+            self._inc(f"failed/{outcome.kind}")
+        return outcome
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self.cache is not None:
+            self.cache.close()
+
+    async def _extract(self, prepared: Prepared) -> Outcome:
+        request = prepared.request
+        schema = prepared.schema.schema
+        if self.cache is not None and (cached := self.cache.get(request.body_json)) is not None:
+            outcome = parse_completion(cached, schema)
+            if isinstance(outcome, Extracted):
+                self._inc("cached")
+                return outcome
+        answer = await self._answer(request)
+        if isinstance(answer, Failure):
+            return answer
+        outcome = parse_completion(answer, schema)
+        self._count_usage(outcome.usage)
+        if isinstance(outcome, Extracted) and self.cache is not None:
+            self.cache.put(request.body_json, answer)
+        return outcome
+
+    async def _answer(self, request: ExtractionRequest) -> dict[str, Any] | Failure:
+        """The chat.completion body, after as many retries as the policy allows."""
+        retries = 0
+
+        def on_retry(exc: BaseException, wait: float) -> None:
+            nonlocal retries
+            retries += 1
+            self._inc("retried")
+            if isinstance(exc, openai.RateLimitError) and (asked := retry_after(exc)):
+                self.limiter.pause(asked)
+            logger.debug("Retrying a real-time call in %.2f s: %s", wait, self._describe(exc))
+
+        async def send() -> httpx2.Response:
+            await self.limiter.acquire(request.prompt_tokens)
+            # The generic post sends the body exactly as built (the typed create()
+            # reorders keys), so the request bytes equal the batch row's body.
+            return await self.client.post(
+                CHAT_COMPLETIONS_PATH, body=request.body, cast_to=httpx2.Response
+            )
+
+        try:
+            async with self._slots:
+                response = await self.retry.call(send, on_retry)
+        except openai.OpenAIError as exc:
+            return self._api_failure(exc, retries)
+        try:
+            body: dict[str, Any] = response.json()
+        except ValueError:
+            return Failure(API_ERROR, "the API answered HTTP 200 with a body that is not JSON")
+        return body
+
+    def _api_failure(self, exc: openai.OpenAIError, retries: int) -> Failure:
+        """A final API error as a failure whose message says what to do about it."""
+        after = f" after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
+        if isinstance(exc, openai.RateLimitError):
+            kind = RATE_LIMITED
+            advice = (
+                "lower LLM_EXTRACT_CONCURRENT_REQUESTS or set LLM_EXTRACT_RPM / LLM_EXTRACT_TPM"
+            )
+        elif isinstance(exc, openai.APITimeoutError):
+            kind = TIMEOUT
+            advice = f"raise LLM_EXTRACT_TIMEOUT (now {self.config.timeout:g} s)"
+        elif isinstance(exc, openai.APIConnectionError):
+            kind = CONNECTION
+            advice = "check the network and LLM_EXTRACT_BASE_URL"
+        elif isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+            kind = API_ERROR
+            advice = "check LLM_EXTRACT_API_KEY or OPENAI_API_KEY"
+        elif isinstance(exc, openai.APIStatusError) and exc.status_code >= 500:
+            kind = API_ERROR
+            advice = "OpenAI kept failing; raise LLM_EXTRACT_MAX_RETRIES or try again later"
+        else:
+            kind = API_ERROR
+            advice = "the request was refused; check LLM_EXTRACT_MODEL and the item's schema"
+        return Failure(kind, f"{self._describe(exc)}{after}; {advice}")
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, openai.APIStatusError):
+            text = f"HTTP {exc.status_code}: {exc.message}"
+        else:
+            text = str(exc) or type(exc).__name__
+        return self._redact(text)
+
+    def _redact(self, text: str) -> str:
+        """Server messages may quote the key (401s do, partly): never let it reach a log."""
+        key = self.client.api_key
+        return text.replace(key, "[API key]") if key else text
+
+    def _count_usage(self, usage: Usage) -> None:
+        self._inc("input_tokens", usage.prompt_tokens)
+        self._inc("output_tokens", usage.completion_tokens)
+        self._inc("cached_tokens", usage.cached_tokens)
+        cost = cost_usd(
+            self._model,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+        )
+        key = f"{STATS_PREFIX}/cost_usd"
+        self.stats.set_value(key, self.stats.get_value(key, 0.0) + cost)
+
+    def _inc(self, name: str, count: int = 1) -> None:
+        self.stats.inc_value(f"{STATS_PREFIX}/{name}", count)
