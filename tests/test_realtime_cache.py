@@ -54,9 +54,8 @@ def test_several_processes_share_one_cache(tmp_path):
         worker.join(60)
     assert [worker.exitcode for worker in workers] == [0, 0, 0]
     cache = ResponseCache(tmp_path)
-    assert all(
-        cache.get(request(f"{w}-{n}")) == {"n": n, "worker": w} for w in range(3) for n in range(100)
-    )
+    stored = {(w, n): cache.get(request(f"{w}-{n}")) for w in range(3) for n in range(100)}
+    assert stored == {(w, n): {"n": n, "worker": w} for w in range(3) for n in range(100)}
     cache.close()
 
 

@@ -62,7 +62,7 @@ def test_both_budgets_must_allow_and_a_refusal_charges_neither():
 def test_a_request_above_the_token_budget_waits_for_a_full_bucket_then_runs_into_debt():
     clock = FakeClock()
     limiter = RateLimiter(None, 600, clock=clock)  # 10 tokens a second
-    assert limiter.wait_time(1500) == 0  # a full bucket lets it through (else it would wait forever)
+    assert limiter.wait_time(1500) == 0  # a full bucket lets it through, or it would never go
     assert limiter.wait_time(100) == pytest.approx(100.0)  # debt of 900, then 100 more
     clock.now += 100
     assert limiter.wait_time(1500) == pytest.approx(50.0)  # 100 left: waits for a full bucket
