@@ -1,0 +1,104 @@
+"""Fixtures shared by the crawl tests: a small product site on 127.0.0.1."""
+
+from __future__ import annotations
+
+import html
+import json
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+
+def product_page(
+    n: int,
+    *,
+    title: str | None = None,
+    price: float | None = None,
+    currency: str = "EUR",
+    text: str = "",
+) -> str:
+    """A product page with JSON-LD, Open Graph and visible text; ``text`` is added to the body."""
+    title = title or f"Product {n}"
+    price = price if price is not None else round(10 + n * 1.25, 2)
+    ld = {
+        "@context": "https://schema.org",
+        "@type": "Product",
+        "name": title,
+        "sku": f"SKU-{n}",
+        "offers": {"@type": "Offer", "price": str(price), "priceCurrency": currency},
+    }
+    return (
+        "<!doctype html><html><head>"
+        f"<title>{html.escape(title)}</title>"
+        f'<meta property="og:title" content="{html.escape(title)}">'
+        f'<script type="application/ld+json">{json.dumps(ld)}</script>'
+        "</head><body>"
+        f"<h1>{html.escape(title)}</h1><p>Price {price} {currency}</p>"
+        f"<p>{html.escape(text)}</p>"
+        "</body></html>"
+    )
+
+
+class LocalSite:
+    """Pages by path; ``/product/<n>`` is generated unless added. Counts hits per path."""
+
+    def __init__(self) -> None:
+        self.pages: dict[str, str] = {}
+        self.hits: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with site._lock:
+                    site.hits[self.path] += 1
+                page = site.page(self.path)
+                if page is None:
+                    self.send_error(404)
+                    return
+                body = page.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def page(self, path: str) -> str | None:
+        if path in self.pages:
+            return self.pages[path]
+        prefix = "/product/"
+        if path.startswith(prefix) and path[len(prefix) :].isdigit():
+            return product_page(int(path[len(prefix) :]))
+        return None
+
+    def add(self, path: str, page: str) -> str:
+        """Serve ``page`` at ``path``; return its URL."""
+        self.pages[path] = page
+        return self.url(path)
+
+    def url(self, path: str) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}{path}"
+
+    def __enter__(self) -> LocalSite:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def local_site():
+    with LocalSite() as site:
+        yield site
