@@ -1,0 +1,1 @@
+"""An example Scrapy project that extracts product data with scrapy-llm-extract."""
