@@ -1,4 +1,4 @@
-"""Fixtures shared by the crawl tests: a small product site on 127.0.0.1."""
+"""Fixtures shared by the crawl tests: a product site on 127.0.0.1 and an emulator state dir."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import json
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
 import pytest
+
+from scrapy_llm_extract.emulator import CONFIG_FILE, EmulatorConfig, recorded_requests
 
 
 def product_page(
@@ -102,3 +106,28 @@ class LocalSite:
 def local_site():
     with LocalSite() as site:
         yield site
+
+
+class EmulatorDir:
+    """An emulator state folder: point LLM_EXTRACT_EMULATOR_DIR at ``path``.
+
+    ``configure()`` writes the faults to its config.json, which the emulator
+    re-reads on change (and restarts its fault counters).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+
+    def configure(self, **config: Any) -> None:
+        EmulatorConfig.from_dict(config)  # fail here on a misspelt key, not in the crawl
+        (self.path / CONFIG_FILE).write_text(json.dumps(config))
+
+    def requests(self) -> list[bytes]:
+        """Chat-completions request bodies received, byte for byte, oldest first."""
+        return recorded_requests(self.path)
+
+
+@pytest.fixture
+def emulator(tmp_path):
+    return EmulatorDir(tmp_path / "emulator")
