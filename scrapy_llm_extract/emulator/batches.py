@@ -267,7 +267,7 @@ class Batches:
             }
             self.store.save_batch(record)
         logger.debug("Batch %s created with %d rows", record["id"], len(rows))
-        return 200, self._view(record, now)
+        return 200, self._view(record, now, fresh=True)
 
     @staticmethod
     def _check_params(params: Any) -> Response | None:
@@ -340,9 +340,9 @@ class Batches:
             self.store.save_batch(record)
         return 200, self._view(record, now)
 
-    def _view(self, record: dict[str, Any], now: float) -> dict[str, Any]:
-        """The batch object as the API shows it at ``now``."""
-        status, reached = _status(record, now)
+    def _view(self, record: dict[str, Any], now: float, fresh: bool = False) -> dict[str, Any]:
+        """The batch object as the API shows it at ``now`` (``fresh``: as created)."""
+        status, reached = ("validating", {}) if fresh else _status(record, now)
         if status in ("completed", "expired", "cancelled") and "request_counts" not in record:
             record = self._finish(record["id"], status, reached)
         counts = record.get("request_counts") or {

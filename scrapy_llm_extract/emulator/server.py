@@ -27,6 +27,8 @@ HOST = "127.0.0.1"
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    #: Keep-alive connections of clients still open must not block shutdown.
+    block_on_close = False
 
     def __init__(self, port: int, emulator: Emulator) -> None:
         self.emulator = emulator
@@ -116,7 +118,10 @@ class EmulatorServer:
 
     def start(self) -> EmulatorServer:
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="llm-extract-emulator", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="llm-extract-emulator",
+            daemon=True,
         )
         self._thread.start()
         return self
