@@ -53,6 +53,10 @@ class ShopServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host!s}:{port}"
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def start(self) -> str:
         self._thread.start()
         logger.info("Serving the example shop at %s", self.url)
