@@ -578,3 +578,17 @@ async def test_async_sdk_over_loopback(tmp_path):
         )
         await async_round_trip(client)
         await client.close()
+
+
+def test_a_half_written_config_keeps_the_previous_one(tmp_path):
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({"server_error_first": 1}))
+    http = httpx2.Client(transport=emulator_transport(tmp_path))
+    client = openai.OpenAI(api_key="k", base_url=OFFLINE_URL, http_client=http, max_retries=0)
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(**chat_body())
+    config_file.write_text('{"server_error_first": ')
+    client.chat.completions.create(**chat_body())
+    config_file.write_text(json.dumps({"unknown_fault": 1}))
+    with pytest.raises(openai.InternalServerError, match="unknown_fault"):
+        client.chat.completions.create(**chat_body())

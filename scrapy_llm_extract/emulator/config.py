@@ -116,9 +116,16 @@ class ConfigSource:
             except FileNotFoundError:
                 raw = None
             if raw != self._raw or self.generation == 0:
-                self._config = (
-                    EmulatorConfig.from_dict(json.loads(raw)) if raw else EmulatorConfig()
-                )
+                if raw is None:
+                    self._config = EmulatorConfig()
+                else:
+                    try:
+                        data = json.loads(raw)
+                    except ValueError:
+                        # Most likely caught mid-write: keep the current config, retry next call.
+                        logger.warning("Emulator config %s is not valid JSON yet", self._path)
+                        return self._config
+                    self._config = EmulatorConfig.from_dict(data)
                 self._raw = raw
                 self.generation += 1
                 logger.info("Emulator config loaded from %s", self._path)

@@ -69,9 +69,8 @@ class EmulatorTransport(httpx2.MockTransport):
         wanted = self.emulator.config.hang_seconds if response.hang else response.delay
         return wanted if timeout is None else min(wanted, float(timeout))
 
-    def _timed_out(
-        self, request: httpx2.Request, response: EmulatorResponse, waited: float
-    ) -> bool:
+    @staticmethod
+    def _timed_out(response: EmulatorResponse, waited: float) -> bool:
         return response.hang or waited < response.delay
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
@@ -80,7 +79,7 @@ class EmulatorTransport(httpx2.MockTransport):
         waited = self._wait(request, response)
         if waited > 0:
             time.sleep(waited)
-        if self._timed_out(request, response, waited):
+        if self._timed_out(response, waited):
             raise httpx2.ReadTimeout("Emulated read timeout", request=request)
         return self._response(response)
 
@@ -90,7 +89,7 @@ class EmulatorTransport(httpx2.MockTransport):
         waited = self._wait(request, response)
         if waited > 0:
             await asyncio.sleep(waited)
-        if self._timed_out(request, response, waited):
+        if self._timed_out(response, waited):
             raise httpx2.ReadTimeout("Emulated read timeout", request=request)
         return self._response(response, asynchronous=True)
 
