@@ -1,0 +1,335 @@
+"""RealtimeExtractor against scripted HTTP answers (the SDK's transport hook, no network).
+
+Each test scripts what the API answers; the real SDK sends the requests. The
+crawl tests against the emulator are in test_realtime_crawl.py.
+"""
+
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+import time
+
+import httpx2
+import openai
+import pytest
+import scrapy
+from itemadapter import ItemAdapter
+from scrapy.statscollectors import MemoryStatsCollector
+from scrapy.utils.defer import deferred_f_from_coro_f
+from scrapy.utils.test import get_crawler
+
+from scrapy_llm_extract.emulator import Emulator, EmulatorTransport
+from scrapy_llm_extract.extraction import Preparer
+from scrapy_llm_extract.realtime import RealtimeExtractor
+from scrapy_llm_extract.results import (
+    API_ERROR,
+    CONNECTION,
+    INVALID_JSON,
+    RATE_LIMITED,
+    REFUSAL,
+    TIMEOUT,
+    Extracted,
+    Failure,
+)
+from tests.conftest import product_page
+from tests.helpers import make_config
+
+FAKE_KEY = "sk-test-DISTINCTIVE-9f3c1a7e5b"
+PREFIX = "llm_extract/realtime"
+
+
+class Product(scrapy.Item):
+    url = scrapy.Field()
+    html = scrapy.Field()
+    title = scrapy.Field()
+    price = scrapy.Field()
+
+
+def completion(content, *, prompt_tokens=1000, completion_tokens=20, cached_tokens=0, **message):
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": None, **message},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens},
+        },
+    }
+
+
+GOOD = completion(json.dumps({"title": "Product 1", "price": "11.25"}))
+
+
+def error(status, message="failed", headers=None):
+    return httpx2.Response(status, headers=headers or {}, json={"error": {"message": message}})
+
+
+class ScriptedAPI:
+    """Answers chat-completion calls in turn from a script; records what it was sent."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.requests = []
+        self.times = []
+
+    def __call__(self, request):
+        self.requests.append(request.read())
+        self.times.append(time.monotonic())
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        if isinstance(answer, httpx2.Response):
+            return answer
+        return httpx2.Response(200, json=answer)
+
+
+class TimedEmulatorTransport(EmulatorTransport):
+    """The emulator, noting when each call reached it and how many were in flight."""
+
+    def __init__(self, emulator):
+        super().__init__(emulator)
+        self.times = []
+        self.in_flight = self.peak = 0
+
+    async def handle_async_request(self, request):
+        self.times.append(time.monotonic())
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            return await super().handle_async_request(request)
+        finally:
+            self.in_flight -= 1
+
+
+def make_extractor(api, **settings):
+    """An extractor whose SDK client answers from ``api`` (a handler or an httpx2 transport)."""
+    settings = {"LLM_EXTRACT_SCHEMA": "tests.test_realtime.Product", **settings}
+    config = make_config(**settings)
+    transport = api if isinstance(api, httpx2.AsyncBaseTransport) else httpx2.MockTransport(api)
+    client = openai.AsyncOpenAI(
+        api_key=FAKE_KEY,
+        base_url="http://api.invalid/v1",
+        max_retries=0,
+        timeout=config.timeout,
+        http_client=httpx2.AsyncClient(transport=transport),
+    )
+    stats = MemoryStatsCollector(get_crawler())
+    return RealtimeExtractor(config, stats, client=client), Preparer(config), stats
+
+
+def prepare(preparer, n=1, text=""):
+    item = Product(url=f"http://shop.test/product/{n}", html=product_page(n, text=text))
+    return preparer.prepare(ItemAdapter(item))
+
+
+def realtime_stats(stats):
+    return {
+        key[len(PREFIX) + 1 :]: value
+        for key, value in stats.get_stats().items()
+        if key.startswith(PREFIX)
+    }
+
+
+@deferred_f_from_coro_f
+async def test_success_sends_the_prepared_bytes_and_counts_tokens_and_cost():
+    api = ScriptedAPI(completion(GOOD["choices"][0]["message"]["content"], cached_tokens=400))
+    extractor, preparer, stats = make_extractor(api)
+    prepared = prepare(preparer)
+    outcome = await extractor.extract(prepared)
+    await extractor.close()
+    assert outcome == Extracted(
+        {"title": "Product 1", "price": "11.25"}, outcome.usage, "gpt-4o-mini-2024-07-18"
+    )
+    assert api.requests == [prepared.request.body_json.encode()]
+    counted = realtime_stats(stats)
+    cost = counted.pop("cost_usd")
+    assert counted == {
+        "requests": 1,
+        "succeeded": 1,
+        "input_tokens": 1000,
+        "output_tokens": 20,
+        "cached_tokens": 400,
+    }
+    # gpt-4o-mini: 600 fresh at 0.15, 400 cached at 0.075, 20 out at 0.60 per million.
+    assert cost == pytest.approx((600 * 0.15 + 400 * 0.075 + 20 * 0.60) / 1e6)
+
+
+@deferred_f_from_coro_f
+async def test_retries_are_counted_and_honour_retry_after_then_succeed():
+    api = ScriptedAPI(
+        error(429, "slow down", {"retry-after-ms": "150"}),
+        error(503, "overloaded", {"retry-after-ms": "50"}),
+        GOOD,
+    )
+    extractor, preparer, stats = make_extractor(api)
+    outcome = await extractor.extract(prepare(preparer))
+    await extractor.close()
+    assert isinstance(outcome, Extracted)
+    assert realtime_stats(stats)["retried"] == 2
+    assert api.times[1] - api.times[0] >= 0.150
+    assert api.times[2] - api.times[1] >= 0.050
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind", "advice"),
+    [
+        (error(429, "slow down", {"retry-after-ms": "1"}), RATE_LIMITED, "LLM_EXTRACT_RPM"),
+        (error(500, "boom", {"retry-after-ms": "1"}), API_ERROR, "LLM_EXTRACT_MAX_RETRIES"),
+        (error(400, "bad schema"), API_ERROR, "LLM_EXTRACT_MODEL"),
+        (httpx2.ReadTimeout("slow"), TIMEOUT, "LLM_EXTRACT_TIMEOUT"),
+        (httpx2.ConnectError("refused"), CONNECTION, "LLM_EXTRACT_BASE_URL"),
+        (httpx2.Response(200, text="<html>proxy page</html>"), API_ERROR, "not JSON"),
+        (completion(None, refusal="I can't"), REFUSAL, "refused"),
+        (completion("{not json"), INVALID_JSON, "not JSON"),
+    ],
+)
+@deferred_f_from_coro_f
+async def test_final_failures_are_outcomes_of_their_kind_with_advice(answer, kind, advice):
+    api = ScriptedAPI(answer)
+    extractor, preparer, stats = make_extractor(api, LLM_EXTRACT_MAX_RETRIES=2)
+    outcome = await extractor.extract(prepare(preparer))
+    await extractor.close()
+    assert isinstance(outcome, Failure)
+    assert outcome.kind == kind
+    assert advice in outcome.message
+    counted = realtime_stats(stats)
+    assert counted["requests"] == 1
+    assert counted[f"failed/{kind}"] == 1
+    assert "succeeded" not in counted
+    retryable = kind in (RATE_LIMITED, TIMEOUT, CONNECTION) or "500" in outcome.message
+    assert counted.get("retried", 0) == (2 if retryable else 0)
+    assert len(api.requests) == (3 if retryable else 1)
+
+
+@deferred_f_from_coro_f
+async def test_the_api_key_is_redacted_from_messages_and_logs(caplog):
+    api = ScriptedAPI(error(401, f"Incorrect API key provided: {FAKE_KEY}."))
+    extractor, preparer, _ = make_extractor(api)
+    with caplog.at_level(logging.DEBUG):
+        outcome = await extractor.extract(prepare(preparer))
+    await extractor.close()
+    assert outcome.kind == API_ERROR
+    assert "Incorrect API key provided: [API key]" in outcome.message
+    assert "LLM_EXTRACT_API_KEY" in outcome.message
+    assert FAKE_KEY not in outcome.message
+    assert caplog.records  # the SDK and httpx2 did log the call
+    assert all(FAKE_KEY not in record.getMessage() for record in caplog.records)
+
+
+@deferred_f_from_coro_f
+async def test_calls_in_flight_never_exceed_the_setting(emulator):
+    emulator.configure(latency=0.2)  # unthrottled, all 12 calls would arrive within it
+    transport = TimedEmulatorTransport(Emulator(emulator.path))
+    extractor, preparer, stats = make_extractor(transport, LLM_EXTRACT_CONCURRENT_REQUESTS=3)
+    outcomes = await asyncio.gather(*(extractor.extract(prepare(preparer, n)) for n in range(12)))
+    await extractor.close()
+    assert all(isinstance(outcome, Extracted) for outcome in outcomes)
+    assert transport.peak == 3
+    assert realtime_stats(stats)["succeeded"] == 12
+
+
+@deferred_f_from_coro_f
+async def test_a_429_pauses_calls_that_start_during_its_retry_after():
+    calls = []
+
+    async def api(request):
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            return error(429, "slow down", {"retry-after-ms": "300"})
+        if len(calls) == 2:
+            await asyncio.sleep(0.05)  # the other item's answer takes a little while
+        return httpx2.Response(200, json=GOOD)
+
+    extractor, preparer, _ = make_extractor(api, LLM_EXTRACT_CONCURRENT_REQUESTS=2)
+    outcomes = await asyncio.gather(*(extractor.extract(prepare(preparer, n)) for n in range(3)))
+    await extractor.close()
+    assert all(isinstance(outcome, Extracted) for outcome in outcomes)
+    assert len(calls) == 4
+    # The third item got a free slot 50 ms in, but waited for the Retry-After like the retry.
+    assert min(calls[2:]) - calls[0] >= 0.3
+
+
+@deferred_f_from_coro_f
+async def test_a_429_storm_from_the_emulator_waits_at_least_what_retry_after_asks(emulator):
+    emulator.configure(rate_limit_first=3, retry_after=0.3)
+    transport = TimedEmulatorTransport(Emulator(emulator.path))
+    extractor, preparer, stats = make_extractor(transport, LLM_EXTRACT_MAX_RETRIES=4)
+    outcomes = await asyncio.gather(*(extractor.extract(prepare(preparer, n)) for n in range(3)))
+    await extractor.close()
+    assert all(isinstance(outcome, Extracted) for outcome in outcomes)
+    assert realtime_stats(stats)["retried"] == 3
+    times = transport.times
+    assert len(times) == 6
+    # Three 429s went out at once; nothing reached the emulator again before Retry-After.
+    assert min(times[3:]) - max(times[:3]) >= 0.3
+
+
+@deferred_f_from_coro_f
+async def test_cache_answers_identical_requests_and_stores_only_successes(tmp_path):
+    settings = {"LLM_EXTRACT_CACHE_ENABLED": True, "LLM_EXTRACT_CACHE_DIR": str(tmp_path)}
+    first_api = ScriptedAPI(GOOD, completion(None, refusal="no"))
+    first, preparer, _ = make_extractor(first_api, **settings)
+    assert isinstance(await first.extract(prepare(preparer, 1)), Extracted)
+    assert (await first.extract(prepare(preparer, 2))).kind == REFUSAL
+    await first.close()
+
+    second_api = ScriptedAPI(GOOD)
+    second, preparer, stats = make_extractor(second_api, **settings)
+    cached = await second.extract(prepare(preparer, 1))
+    asked_again = await second.extract(prepare(preparer, 2))  # refusals are not cached
+    changed = await second.extract(prepare(preparer, 1, text="new price"))
+    await second.close()
+    assert cached.fields == {"title": "Product 1", "price": "11.25"}
+    assert isinstance(asked_again, Extracted)
+    assert isinstance(changed, Extracted)
+    assert len(second_api.requests) == 2
+    counted = realtime_stats(stats)
+    assert counted["cached"] == 1
+    assert counted["succeeded"] == 3
+    assert counted["input_tokens"] == 2000  # a cached answer costs nothing
+
+
+def test_another_reactor_fails_at_start_naming_twisted_reactor(tmp_path):
+    script = """
+import sys
+
+import scrapy
+from scrapy.crawler import CrawlerProcess
+
+class Spider(scrapy.Spider):
+    name = "s"
+    async def start(self):
+        return
+        yield
+
+process = CrawlerProcess({
+    "TWISTED_REACTOR": "twisted.internet.selectreactor.SelectReactor",
+    "ITEM_PIPELINES": {"scrapy_llm_extract.LLMExtractPipeline": 300},
+    "LLM_EXTRACT_API_KEY": "sk-unused",
+    "LLM_EXTRACT_SPOOL_DIR": sys.argv[1],
+})
+process.crawl(Spider)
+process.start()
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "spool")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert "UnsupportedReactor" in run.stderr
+    assert "TWISTED_REACTOR" in run.stderr
+    assert "Spider closed (finished)" not in run.stderr
