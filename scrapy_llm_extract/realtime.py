@@ -122,7 +122,11 @@ class RateLimiter:
 
 
 class RealtimeExtractor:
-    """Extracts one prepared item at a time, many at once, for one crawler."""
+    """Extracts one prepared item at a time, many at once, for one crawler.
+
+    ``client`` defaults to the one :func:`~.client.async_client` builds from the
+    settings; tests pass a client whose transport scripts the API's answers.
+    """
 
     def __init__(
         self,
