@@ -122,6 +122,11 @@ SETTINGS: dict[str, Setting] = {
     "LLM_EXTRACT_SUBMIT_EARLY": Setting(
         True, "Submit each spool file as soon as it is full, without waiting for close."
     ),
+    "LLM_EXTRACT_SUBMIT_CHECK_DELAY": Setting(
+        2.0,
+        "Seconds after creating a batch to look once whether it failed validation (e.g."
+        " token_limit_exceeded) and keep its file pending; 0: at once; None: never.",
+    ),
     "LLM_EXTRACT_PASS_PENDING": Setting(
         False, "Pass spooled items on unextracted instead of dropping them until collection."
     ),
@@ -163,6 +168,20 @@ def _positive(settings: BaseSettings, name: str, *, integer: bool = True) -> Any
     return int(number) if integer else number
 
 
+def _non_negative(settings: BaseSettings, name: str) -> float | None:
+    """A number of seconds, zero allowed, None if unset."""
+    value = settings.get(name, SETTINGS[name].default)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if isinstance(value, bool) or number < 0:
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}.")
+    return number
+
+
 @dataclass(frozen=True)
 class Config:
     """The validated ``LLM_EXTRACT_*`` settings of one crawler."""
@@ -197,6 +216,7 @@ class Config:
     batch_max_tokens: int
     submit_on_close: bool
     submit_early: bool
+    submit_check_delay: float | None
     pass_pending: bool
     max_attempts: int
     keep_remote_files: bool
@@ -255,6 +275,7 @@ class Config:
             batch_max_tokens=_positive(settings, "LLM_EXTRACT_BATCH_MAX_TOKENS"),
             submit_on_close=get_bool("LLM_EXTRACT_SUBMIT_ON_CLOSE"),
             submit_early=get_bool("LLM_EXTRACT_SUBMIT_EARLY"),
+            submit_check_delay=_non_negative(settings, "LLM_EXTRACT_SUBMIT_CHECK_DELAY"),
             pass_pending=get_bool("LLM_EXTRACT_PASS_PENDING"),
             max_attempts=_positive(settings, "LLM_EXTRACT_MAX_ATTEMPTS"),
             keep_remote_files=get_bool("LLM_EXTRACT_KEEP_REMOTE_FILES"),

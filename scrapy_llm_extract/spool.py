@@ -53,7 +53,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from scrapy.utils.serialize import ScrapyJSONEncoder
 
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ENDPOINT = "/v1/chat/completions"
+ENDPOINT: Final = "/v1/chat/completions"
 LOCK_NAME = "run.lock"
 FAILURES_NAME = "failures.jsonl"
 PART_SUFFIX = ".part"
@@ -403,9 +403,15 @@ class Spool:
 
     _instances: ClassVar[weakref.WeakKeyDictionary[Crawler, Spool]] = weakref.WeakKeyDictionary()
 
-    def __init__(self, config: Config, *, spider: str, stats: StatsCollector | None = None):
+    def __init__(
+        self,
+        config: Config,
+        *,
+        spider: str | Callable[[], str],
+        stats: StatsCollector | None = None,
+    ):
         self.config = config
-        self.spider = spider
+        self._spider = spider
         self.stats = stats
         self.run: Run | None = None
         self.current: SpoolFile | None = None
@@ -422,10 +428,19 @@ class Spool:
         """The crawler's spool, created on first call."""
         spool = cls._instances.get(crawler)
         if spool is None:
-            spider = crawler.spider.name if crawler.spider else crawler.spidercls.name
-            spool = cls(config, spider=spider, stats=crawler.stats)
+
+            def spider_name() -> str:
+                # Extensions are built before the spider, so ask when the run is created.
+                spider = crawler.spider or crawler.spidercls
+                return str(getattr(spider, "name", None) or "spider")
+
+            spool = cls(config, spider=spider_name, stats=crawler.stats)
             cls._instances[crawler] = spool
         return spool
+
+    @property
+    def spider(self) -> str:
+        return self._spider if isinstance(self._spider, str) else self._spider()
 
     def hold(self) -> None:
         """Keep the run open after :meth:`close`: its holder calls :meth:`finish` later."""
