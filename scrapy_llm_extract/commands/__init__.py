@@ -1,0 +1,1 @@
+"""Scrapy commands of scrapy-llm-extract, registered through the ``scrapy.commands`` entry point."""
