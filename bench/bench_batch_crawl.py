@@ -1,0 +1,203 @@
+"""Batch-mode overhead: a crawl through the spool against the same crawl without the package.
+
+Run: ``python bench/bench_batch_crawl.py [--pages 2000] [--page-kb 30] [--rounds 2]``
+
+A local site on 127.0.0.1 serves ``--pages`` product pages of about
+``--page-kb`` KB. Each round crawls it twice in this process: once with no
+item pipeline (the baseline) and once with LLMExtractPipeline spooling every
+item and BatchSubmitExtension submitting the files on close to the in-process
+emulator. The best time of each is kept; the figure is their ratio (target:
+at most 1.15). Per-item work is slimming, token counting and two appended
+lines; ``--profile`` prints where the batch crawl spends its time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import logging
+import pstats
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import scrapy
+from scrapy.crawler import Crawler
+from scrapy.settings import Settings
+from scrapy.utils.defer import deferred_from_coro
+from scrapy.utils.log import configure_logging
+from scrapy.utils.reactor import install_reactor
+
+WORDS = (
+    "ceramic mug glaze handle dishwasher microwave safe stoneware blue green matte gloss"
+    " capacity coffee tea kitchen gift durable handmade studio kiln colour pattern"
+).split()
+
+
+class Product(scrapy.Item):
+    url = scrapy.Field()
+    html = scrapy.Field()
+    title = scrapy.Field()
+    price = scrapy.Field()
+    currency = scrapy.Field()
+    sku = scrapy.Field()
+
+
+def page(n: int, size: int) -> bytes:
+    """A product page: JSON-LD, meta tags, navigation, scripts and paragraphs up to ``size``."""
+    ld = {
+        "@context": "https://schema.org",
+        "@type": "Product",
+        "name": f"Mug {n}",
+        "sku": f"MUG-{n}",
+        "offers": {"@type": "Offer", "price": f"{10 + n % 90}.99", "priceCurrency": "EUR"},
+    }
+    head = (
+        f"<!doctype html><html><head><title>Mug {n}</title>"
+        f'<meta property="og:title" content="Mug {n}">'
+        f'<script type="application/ld+json">{json.dumps(ld)}</script>'
+        "<style>body{font-family:sans-serif}.nav a{margin:0 4px}</style>"
+        "<script>window.dataLayer=[];function track(e){dataLayer.push(e)}</script></head><body>"
+        '<nav class="nav">'
+        + "".join(f'<a href="/c/{i}">Category {i}</a>' for i in range(40))
+        + f"</nav><h1>Mug {n}</h1><p>Price {10 + n % 90},99 EUR</p>"
+    )
+    parts = [head]
+    length = len(head)
+    i = 0
+    while length < size:
+        words = " ".join(WORDS[(n + i + k) % len(WORDS)] for k in range(60))
+        paragraph = f'<div class="review"><h3>Review {i}</h3><p>{words}.</p></div>'
+        parts.append(paragraph)
+        length += len(paragraph)
+        i += 1
+    parts.append("</body></html>")
+    return "".join(parts).encode()
+
+
+class Site:
+    """Pre-built pages served by a threaded HTTP server on loopback."""
+
+    def __init__(self, pages: int, size: int) -> None:
+        self.pages = [page(n, size) for n in range(pages)]
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                body = site.pages[int(self.path.rsplit("/", 1)[1])]
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        host, port = self.server.server_address[:2]
+        self.base = f"http://{host!s}:{port}"
+
+
+class BenchSpider(scrapy.Spider):
+    name = "bench"
+
+    def __init__(self, base: str, count: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.base = base
+        self.count = count
+
+    async def start(self) -> Any:
+        for n in range(self.count):
+            yield scrapy.Request(f"{self.base}/product/{n}")
+
+    def parse(self, response: Any) -> Any:
+        yield Product(url=response.url, html=response.text)
+
+
+async def timed_crawl(settings: dict[str, Any], base: str, count: int) -> tuple[float, Crawler]:
+    crawler = Crawler(BenchSpider, Settings(settings))
+    start = time.perf_counter()
+    await crawler.crawl_async(base=base, count=count)
+    return time.perf_counter() - start, crawler
+
+
+async def bench(args: argparse.Namespace, site: Site, data_dir: str) -> None:
+    baseline = {
+        "LOG_LEVEL": "WARNING",
+        "TELNETCONSOLE_ENABLED": False,
+        "CONCURRENT_REQUESTS": 16,
+        "CONCURRENT_REQUESTS_PER_DOMAIN": 16,
+    }
+    batch = {
+        **baseline,
+        "ITEM_PIPELINES": {"scrapy_llm_extract.LLMExtractPipeline": 300},
+        "EXTENSIONS": {"scrapy_llm_extract.BatchSubmitExtension": 500},
+        "LLM_EXTRACT_SCHEMA": f"{__name__}.Product",
+        "LLM_EXTRACT_SPOOL_DIR": f"{data_dir}/spool",
+        "LLM_EXTRACT_EMULATOR_DIR": f"{data_dir}/emulator",
+        "LLM_EXTRACT_SUBMIT_CHECK_DELAY": 0,
+    }
+    await timed_crawl(batch, site.base, 50)  # warm-up: imports, tokenizer, connections
+    await timed_crawl(baseline, site.base, 50)
+    without: list[float] = []
+    with_batch: list[float] = []
+    crawler: Crawler | None = None
+    profile = cProfile.Profile() if args.profile else None
+    for _ in range(args.rounds):
+        seconds, _crawler = await timed_crawl(baseline, site.base, args.pages)
+        without.append(seconds)
+        if profile is not None:
+            profile.enable()
+        seconds, crawler = await timed_crawl(batch, site.base, args.pages)
+        if profile is not None:
+            profile.disable()
+        with_batch.append(seconds)
+    assert crawler is not None and crawler.stats is not None
+    stats = crawler.stats.get_stats()
+    rows = stats.get("llm_extract/batch/rows", 0)
+    tokens = stats.get("llm_extract/batch/prompt_tokens", 0)
+    print(f"{args.pages} pages of ~{args.page_kb} KB on loopback, best of {args.rounds} rounds")
+    print(f"  without the package             {min(without):7.2f} s  (all: {without})")
+    print(
+        f"  batch mode (spool + submit)     {min(with_batch):7.2f} s  ({rows} rows,"
+        f" {stats.get('llm_extract/batch/files', 0)} file(s),"
+        f" {stats.get('llm_extract/batch/batches_submitted', 0)} batch(es),"
+        f" {tokens / max(rows, 1):.0f} prompt tokens/row)"
+    )
+    print(f"ratio batch / without           {min(with_batch) / min(without):.3f}  (target <= 1.15)")
+    if profile is not None:
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(25)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pages", type=int, default=2000)
+    parser.add_argument("--page-kb", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    configure_logging({"LOG_LEVEL": "WARNING"})
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    install_reactor("twisted.internet.asyncioreactor.AsyncioSelectorReactor")
+    from twisted.internet import reactor as installed
+
+    reactor: Any = installed  # the module attribute is typed as a bare object
+    site = Site(args.pages, args.page_kb * 1024)
+    with tempfile.TemporaryDirectory() as data_dir:
+        done = deferred_from_coro(bench(args, site, data_dir))
+        done.addErrback(lambda failure: failure.printTraceback())
+        done.addBoth(lambda _: reactor.stop())
+        reactor.run()
+    site.server.shutdown()
+
+
+if __name__ == "__main__":
+    main()
