@@ -31,7 +31,7 @@ import logging
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -78,7 +78,8 @@ ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 FINAL = ("completed", "expired", "cancelled", "failed")
 #: Rows that never ran: resubmitting them does not use up one of their attempts.
 NEVER_RAN = (BATCH_EXPIRED, MISSING)
-#: Row states in the index; a row with one of them is never emitted or resubmitted again.
+#: Row states in the index: final (emitted, failed), or "retried:<file>" (resubmitted from
+#: that file, so its row there is settled while the resubmission's is not).
 EMITTED, FAILED, RETRIED = "emitted", "failed", "retried"
 REALTIME_CHUNK = 256
 PROGRESS_INTERVAL = 0.5
@@ -168,11 +169,12 @@ class RowIndex:
         ).fetchone()
         return found[0] if found else None
 
-    def state(self, custom_id: str) -> str | None:
+    def settled(self, custom_id: str, file: str) -> bool:
+        """Whether the row is emitted or failed for good, or was resubmitted from ``file``."""
         found = self.db.execute(
             "SELECT state FROM rows WHERE custom_id = ?", (custom_id,)
         ).fetchone()
-        return found[0] if found else None
+        return found is not None and found[0] in (EMITTED, FAILED, f"{RETRIED}:{file}")
 
     def mark(self, custom_id: str, state: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO rows VALUES (?, ?)", (custom_id, state))
@@ -263,6 +265,7 @@ class Collector:
         self._drained.set()
         self._realtime: Any = None
         self._merged = 0
+        self._resubmissions: set[str] = set()
 
     # Scrapy side --------------------------------------------------------------------------
 
@@ -347,17 +350,19 @@ class Collector:
             if self._refused_too_often(run, name):
                 async for item in self._collect_file(run, index, name, None):
                     yield item
-        await self._submit_pending(run)  # the resubmissions just written
+        if self._resubmissions:  # files refused for the quota wait for the next pass
+            await self._submit_pending(run, self._resubmissions)
+            self._resubmissions.clear()
         files = run.manifest.files.values()
         if all(entry["status"] == COLLECTED for entry in files):
             await self._finish_run(run, index)
 
-    async def _submit_pending(self, run: Run) -> None:
+    async def _submit_pending(self, run: Run, names: Collection[str] | None = None) -> None:
         """Submit pending files in order while the enqueued tokens stay within the quota."""
         limit = self.config.batch_max_tokens
         for name in run.manifest.with_status(PENDING):
             entry = run.manifest.files[name]
-            if self._refused_too_often(run, name):
+            if (names is not None and name not in names) or self._refused_too_often(run, name):
                 continue
             enqueued = self._enqueued_tokens()
             if enqueued and enqueued + entry["prompt_tokens"] > limit:
@@ -454,7 +459,7 @@ class Collector:
         user_cancelled = bool(entry.get("user_cancelled"))
         for record in run.iter_sidecar(name):
             custom_id = record["custom_id"]
-            if custom_id in self._in_flight_ids or index.state(custom_id) is not None:
+            if custom_id in self._in_flight_ids or index.settled(custom_id, name):
                 continue
             outcome = self._outcome(run, index, name, batch, record)
             self._count_usage(summary, record, outcome.usage)
@@ -567,7 +572,8 @@ class Collector:
             )
             count += 1
         spool_file.seal()
-        index.mark_pending("retry", RETRIED)
+        self._resubmissions.add(spool_file.name)
+        index.mark_pending("retry", f"{RETRIED}:{name}")
         self.summaries[run.run_id].retried += count
         self._inc("rows/retried", count)
         logger.info(

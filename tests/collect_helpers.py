@@ -1,0 +1,88 @@
+"""Shared by the collect-batches tests: spooled runs, a downstream pipeline, the replay crawl."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import scrapy
+from itemadapter import ItemAdapter
+from scrapy.utils.test import get_crawler
+
+from scrapy_llm_extract.collect import CollectOptions, replay_spider
+from scrapy_llm_extract.extraction import Preparer
+from scrapy_llm_extract.items import item_record
+from scrapy_llm_extract.spool import Run, Spool
+from tests.conftest import product_page
+from tests.helpers import make_config
+
+
+class Product(scrapy.Item):
+    url = scrapy.Field()
+    html = scrapy.Field()
+    sku = scrapy.Field()
+    title = scrapy.Field()
+    price = scrapy.Field()
+    currency = scrapy.Field()
+    checked = scrapy.Field()
+
+
+class Downstream:
+    """A project pipeline after extraction: records what reaches it, and marks the item."""
+
+    seen: ClassVar[list[Any]] = []
+
+    def process_item(self, item: Any) -> Any:
+        Downstream.seen.append(item)
+        ItemAdapter(item)["checked"] = True
+        return item
+
+
+def settings(tmp_path: Path, emulator: Any, **extra: Any) -> dict[str, Any]:
+    return {
+        "LLM_EXTRACT_SPOOL_DIR": str(tmp_path / "spool"),
+        "LLM_EXTRACT_EMULATOR_DIR": str(emulator.path),
+        "LLM_EXTRACT_RETRY_MAX_TIME": 5,
+        "ITEM_PIPELINES": {
+            "scrapy_llm_extract.LLMExtractPipeline": 100,
+            "tests.collect_helpers.Downstream": 200,
+        },
+        "FEEDS": {str(tmp_path / "out.jsonl"): {"format": "jsonlines"}},
+        "LOG_LEVEL": "INFO",
+        **extra,
+    }
+
+
+def product(n: int, text: str = "") -> Product:
+    return Product(url=f"http://shop.test/product/{n}", html=product_page(n, text=text))
+
+
+def spool(settings: dict[str, Any], items: list[Any], spider: str = "shop") -> Run:
+    """Spool ``items`` as a crawl with submission off would; the run is closed and pending."""
+    config = make_config(**settings)
+    preparer = Preparer(config)
+    writer = Spool(config, spider=spider)
+    for one in items:
+        writer.add(preparer.prepare(ItemAdapter(one)), item_record(one, config))
+    writer.close()
+    assert writer.run is not None
+    return Run.open(writer.run.path)
+
+
+async def collect(settings: dict[str, Any], **options: Any) -> Any:
+    """Run the replay crawler in this process; return the crawler (stats, spider)."""
+    Downstream.seen = []
+    crawler = get_crawler(replay_spider(CollectOptions(**options)), settings)
+    await crawler.crawl_async()
+    return crawler
+
+
+def feed(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def failures(run: Run) -> list[dict[str, Any]]:
+    return feed(run.path / "failures.jsonl")
