@@ -269,7 +269,7 @@ class Collector:
 
     # Scrapy side --------------------------------------------------------------------------
 
-    def item_done(self, item: Any, **kwargs: Any) -> None:
+    def item_done(self, item: Any) -> None:
         """Scrapy finished with an item (scraped, dropped or errored): it is emitted for good."""
         found = self._in_flight.pop(id(item), None)
         if found is None:
@@ -827,25 +827,31 @@ def replay_spider(options: CollectOptions, name: str = "collect_batches") -> typ
 
     class CollectSpider(Spider):
         llm_extract_replay = True
-        collector: Collector
+        collector: Collector | None = None
 
         @classmethod
         def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> CollectSpider:
             spider = super().from_crawler(crawler, *args, **kwargs)
-            config = Config.from_settings(crawler.settings)
-            assert crawler.stats is not None
-            spider.collector = Collector(config, options, crawler.stats)
             for signal in (signals.item_scraped, signals.item_dropped, signals.item_error):
-                crawler.signals.connect(spider.collector.item_done, signal=signal)
-            crawler.signals.connect(spider.closed_collector, signal=signals.spider_closed)
+                crawler.signals.connect(spider.item_done, signal=signal)
+            crawler.signals.connect(spider.close_collector, signal=signals.spider_closed)
             return spider
 
         async def start(self) -> AsyncIterator[Any]:
+            # Built here, not in from_crawler: the crawler's stats exist once the crawl starts.
+            assert self.crawler.stats is not None
+            config = Config.from_settings(self.crawler.settings)
+            self.collector = Collector(config, options, self.crawler.stats)
             async for item in self.collector.items():
                 yield item
 
-        async def closed_collector(self) -> None:
-            await self.collector.close()
+        def item_done(self, item: Any) -> None:
+            if self.collector is not None:
+                self.collector.item_done(item)
+
+        async def close_collector(self) -> None:
+            if self.collector is not None:
+                await self.collector.close()
 
     CollectSpider.name = name
     return CollectSpider
