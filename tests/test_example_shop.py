@@ -78,7 +78,7 @@ def test_microdata_pages_have_no_json_ld() -> None:
     product = first_of("microdata")
     selector = page(product.path)
     assert json_ld(selector) == []
-    assert selector.css('[itemprop="sku"]::text').get() == product.sku
+    assert selector.css('[itemprop="sku"]::attr(content)').get() == product.sku
     assert selector.css('[itemprop="price"]::attr(content)').get() == product.price
     assert selector.css('meta[property="og:title"]::attr(content)').get() == product.title
 

@@ -236,12 +236,12 @@ def _product_microdata(product: ShopProduct) -> str:
         f'<div class="details">{_badge(product)}'
         f'<h1 itemprop="name">{escape(product.title)}</h1>'
         f'<meta itemprop="brand" content="{escape(product.brand)}">'
-        f'<p>Item no. <span itemprop="sku">{product.sku}</span></p>'
+        f'<p>Item no. {product.sku}</p><meta itemprop="sku" content="{product.sku}">'
         '<div itemprop="offers" itemscope itemtype="https://schema.org/Offer">'
         f'<span class="product__price">{format_price(product)}</span>'
         f'<meta itemprop="price" content="{product.price}">'
         f'<meta itemprop="priceCurrency" content="{product.currency}">'
-        f'<meta itemprop="availability" content="https://schema.org/{product.availability}">'
+        f'<link itemprop="availability" href="https://schema.org/{product.availability}">'
         f"<p>{_availability_text(product)}</p></div>"
         f'<div itemprop="description"><p>{escape(product.description)}</p></div>'
         "</div></div>"
