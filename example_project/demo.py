@@ -82,8 +82,9 @@ def summarise(project: Path) -> None:
     if items:
         print("For example:", json.dumps(items[0], ensure_ascii=False))
     print(
-        "Pages with only visible text keep null fields offline: the emulator reads structured"
-        " data only. Set OPENAI_API_KEY and run with --openai to use a real model."
+        "Offline, the emulator copies values from structured data only: pages with only"
+        " visible text keep null fields, and titles may be the page's <title>, shop name"
+        " included. Set OPENAI_API_KEY and run with --openai to use a real model."
     )
 
 
