@@ -94,6 +94,7 @@ def _product(index: int) -> ShopProduct:
 CATALOG: tuple[ShopProduct, ...] = tuple(
     _product(index) for index in range(len(CATEGORIES) * PRODUCTS_PER_CATEGORY)
 )
+_BY_PATH = {product.path: product for product in CATALOG}
 
 
 def by_path(path: str) -> ShopProduct | None:
@@ -109,6 +110,3 @@ def related(product: ShopProduct, count: int = 4) -> list[ShopProduct]:
     siblings = in_category(product.category)
     start = siblings.index(product)
     return [siblings[(start + step) % len(siblings)] for step in range(1, count + 1)]
-
-
-_BY_PATH = {product.path: product for product in CATALOG}
