@@ -31,7 +31,7 @@ import logging
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -163,18 +163,15 @@ class RowIndex:
     def batches(self) -> list[dict[str, Any]]:
         return [json.loads(row[0]) for row in self.db.execute("SELECT batch FROM ingested")]
 
-    def result(self, file: str, custom_id: str) -> bytes | None:
-        found = self.db.execute(
-            "SELECT row FROM results WHERE file = ? AND custom_id = ?", (file, custom_id)
+    def lookup(self, custom_id: str, file: str) -> tuple[bool, bytes | None]:
+        """One query per row of the join: is it settled (emitted, failed, or resubmitted from
+        ``file``), and its result row in ``file``'s batch, if any."""
+        state, row = self.db.execute(
+            "SELECT (SELECT state FROM rows WHERE custom_id = ?1),"
+            " (SELECT row FROM results WHERE file = ?2 AND custom_id = ?1)",
+            (custom_id, file),
         ).fetchone()
-        return found[0] if found else None
-
-    def settled(self, custom_id: str, file: str) -> bool:
-        """Whether the row is emitted or failed for good, or was resubmitted from ``file``."""
-        found = self.db.execute(
-            "SELECT state FROM rows WHERE custom_id = ?", (custom_id,)
-        ).fetchone()
-        return found is not None and found[0] in (EMITTED, FAILED, f"{RETRIED}:{file}")
+        return state in (EMITTED, FAILED, f"{RETRIED}:{file}"), row
 
     def mark(self, custom_id: str, state: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO rows VALUES (?, ?)", (custom_id, state))
@@ -222,13 +219,14 @@ class Progress:
         self.enabled = sys.stderr.isatty()
         self._last = 0.0
 
-    def show(self, text: str, *, force: bool = False) -> None:
+    def show(self, text: Callable[[], str], *, force: bool = False) -> None:
+        """Rewrite the line with ``text()``, at most every PROGRESS_INTERVAL unless forced."""
         if not self.enabled:
             return
         now = time.monotonic()
         if force or now - self._last >= PROGRESS_INTERVAL:
             self._last = now
-            sys.stderr.write(f"\r\x1b[K{text}")
+            sys.stderr.write(f"\r\x1b[K{text()}")
             sys.stderr.flush()
 
     def end(self) -> None:
@@ -459,9 +457,12 @@ class Collector:
         user_cancelled = bool(entry.get("user_cancelled"))
         for record in run.iter_sidecar(name):
             custom_id = record["custom_id"]
-            if custom_id in self._in_flight_ids or index.settled(custom_id, name):
+            if custom_id in self._in_flight_ids:
                 continue
-            outcome = self._outcome(run, index, name, batch, record)
+            settled, raw = index.lookup(custom_id, name)
+            if settled:
+                continue
+            outcome = self._outcome(run, name, batch, record, raw)
             self._count_usage(summary, record, outcome.usage)
             if isinstance(outcome, Extracted):
                 yield self._emit(run, index, record, outcome)
@@ -484,7 +485,8 @@ class Collector:
         entry["status"] = COLLECTED
         entry["collected_at"] = utc_now()
         run.manifest.save()
-        self.progress.show(self._progress_text(), force=True)
+        self._publish_usage()
+        self.progress.show(self._progress_text, force=True)
 
     async def _download(self, index: RowIndex, name: str, file_id: str) -> int:
         """Stream one result file into the index in bounded slices, retried whole."""
@@ -501,14 +503,13 @@ class Collector:
         return await self.policy.call(fetch)
 
     def _outcome(
-        self, run: Run, index: RowIndex, name: str, batch: Any, record: dict[str, Any]
+        self, run: Run, name: str, batch: Any, record: dict[str, Any], raw: bytes | None
     ) -> Outcome:
         if batch is None:
             reasons = "; ".join(
                 failed.get("reason", "") for failed in run.manifest.files[name]["failed_batches"]
             )
             return Failure(BATCH_FAILED, f"the batch failed validation: {reasons}")
-        raw = index.result(name, record["custom_id"])
         if raw is None:
             return Failure(
                 MISSING, f"batch {batch.id} ({batch.status}) returned no row for this request"
@@ -530,7 +531,7 @@ class Collector:
         self.summaries[run.run_id].extracted += 1
         self._inc("rows/extracted")
         self._merged += 1
-        self.progress.show(self._progress_text())
+        self.progress.show(self._progress_text)
         return item
 
     def _fail(self, run: Run, index: RowIndex, record: dict[str, Any], failure: Failure) -> None:
@@ -664,11 +665,18 @@ class Collector:
         summary.output_tokens += usage.completion_tokens
         summary.cost_usd += batch_cost
         summary.realtime_cost_usd += realtime_cost
-        self._inc("tokens/input", usage.prompt_tokens)
-        self._inc("tokens/output", usage.completion_tokens)
-        for key, value in (("cost_usd", batch_cost), ("realtime_cost_usd", realtime_cost)):
-            name = f"{STATS_PREFIX}/{key}"
-            self.stats.set_value(name, self.stats.get_value(name, 0.0) + value)
+
+    def _publish_usage(self) -> None:
+        """Tokens and costs into the stats (per file, not per row: rows are the hot loop)."""
+        totals = self.summaries.values()
+        for key, value in (
+            ("tokens/input", sum(s.input_tokens for s in totals)),
+            ("tokens/output", sum(s.output_tokens for s in totals)),
+            ("cost_usd", round(sum(s.cost_usd for s in totals), 6)),
+            ("realtime_cost_usd", round(sum(s.realtime_cost_usd for s in totals), 6)),
+        ):
+            if value:
+                self.stats.set_value(f"{STATS_PREFIX}/{key}", value)
 
     def _inc(self, name: str, count: int = 1) -> None:
         self.stats.inc_value(f"{STATS_PREFIX}/{name}", count)
@@ -682,11 +690,10 @@ class Collector:
         return f"collect-batches: {self._merged}/{total} rows merged; batches: {described}"
 
     def _show_status(self) -> None:
-        text = self._progress_text()
         if self.progress.enabled:
-            self.progress.show(text, force=True)
+            self.progress.show(self._progress_text, force=True)
         else:
-            logger.info("%s; next poll in %g s", text, self.options.poll_interval)
+            logger.info("%s; next poll in %g s", self._progress_text(), self.options.poll_interval)
 
 
 # Tables ------------------------------------------------------------------------------------
