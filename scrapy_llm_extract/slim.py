@@ -1,0 +1,476 @@
+"""HTML -> the compact page text the model is sent.
+
+Every prompt token is paid for on every page, so a page is reduced to what
+extraction needs: the structured data it carries (JSON-LD, meta / Open Graph /
+``product:`` tags, microdata ``itemprop`` values), because many shops put the
+price or SKU only there, and its visible text with just enough structure
+(headings, list items, table rows) for the model to tell a title from a
+related product. Scripts, styles, SVG, comments, hidden elements, navigation,
+footers, cookie banners, menus and repeated lines are dropped.
+
+lxml is used because Scrapy already depends on it and, measured on the product
+corpus (``bench/bench_slimming.py``), a faster parser would save a few
+milliseconds per page against a model call that takes a second and costs money.
+"""
+
+from __future__ import annotations
+
+import codecs
+import html
+import json
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import lxml.html
+from lxml import etree
+from w3lib.encoding import html_to_unicode
+
+logger = logging.getLogger(__name__)
+
+#: Characters of decoded input that are parsed; the rest of a bigger page is ignored.
+#: Real product pages measure up to ~5 M characters, almost all of it scripts, and
+#: parsing this much takes well under a second, so memory and time stay bounded.
+MAX_INPUT_CHARS = 8_000_000
+#: Output caps (characters): far above what a product page slims to, low enough that
+#: counting tokens afterwards stays cheap. The request builder truncates by tokens.
+MAX_TEXT_CHARS = 200_000
+MAX_STRUCTURED_CHARS = 50_000
+#: Longest string kept from JSON-LD (descriptions repeat the visible text).
+MAX_JSON_STRING_CHARS = 500
+#: Reviews kept per JSON-LD list: a few show the tone, hundreds only cost tokens.
+MAX_REVIEWS = 3
+#: A list with at least this many items that are nothing but links is a menu.
+MENU_MIN_ITEMS = 6
+#: A <select> with more options than this is a country / currency picker.
+MAX_SELECT_OPTIONS = 20
+
+
+@dataclass(frozen=True)
+class SlimPage:
+    """What the model sees of a page; both parts may be empty."""
+
+    structured: str  # lines "key: value" (JSON-LD as "ld+json: <compact json>")
+    text: str  # visible text with structure
+
+
+EMPTY = SlimPage("", "")
+
+_WS = re.compile(r"\s+")
+_ALNUM = re.compile(r"\w")
+_TAG = re.compile(r"<[^<>]{0,1000}>")
+#: "<" that could open a tag (including the prompt's own delimiters) is made inert.
+_TAG_OPEN = re.compile(r"<(?=\s*/?\s*[A-Za-z!?])")
+_INERT_LT = "\u2039"
+_SCHEMA_ORG = re.compile(r"^https?://schema\.org/", re.IGNORECASE)
+_URL = re.compile(r"^(?:[a-z][a-z0-9+.-]*:)?//\S+$|^/[^\s]*$", re.IGNORECASE)
+_HTML_SNIFF = re.compile(
+    r"<(?:!doctype|html|head|body|meta|script|style|title|div|span|p|a|ul|li|table|h[1-6]|br|img)\b",
+    re.IGNORECASE,
+)
+_BOILERPLATE_ID = re.compile(r"cookie|consent|gdpr|onetrust|didomi|cookiebot", re.IGNORECASE)
+_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
+
+_SKIP_TAGS = frozenset(
+    {
+        "head", "script", "style", "noscript", "template", "svg", "math", "iframe", "object",
+        "embed", "canvas", "video", "audio", "map", "input", "textarea", "link", "meta",
+    }
+)  # fmt: skip
+_BOILERPLATE_TAGS = frozenset({"nav", "footer", "dialog"})
+_BOILERPLATE_ROLES = frozenset({"navigation", "contentinfo", "dialog", "alertdialog"})
+_BLOCK_TAGS = frozenset(
+    {
+        "address", "article", "aside", "blockquote", "body", "dd", "details", "div", "dl", "dt",
+        "fieldset", "figcaption", "figure", "form", "header", "hr", "html", "legend", "main",
+        "ol", "p", "pre", "section", "summary", "table", "tbody", "thead", "tfoot", "ul",
+        "caption", "label", "button",
+    }
+)  # fmt: skip
+_HEADINGS = {f"h{level}": "#" * level + " " for level in range(1, 7)}
+_CELLS = frozenset({"td", "th"})
+#: JSON-LD keys with no extraction value (URL-valued keys are dropped anyway).
+_DROP_JSON_KEYS = frozenset(
+    {
+        "@context", "@id", "potentialAction", "hasMerchantReturnPolicy", "shippingDetails",
+        "mainEntityOfPage", "priceValidUntil", "isPartOf", "position",
+    }
+)  # fmt: skip
+_REVIEW_KEYS = frozenset({"review", "reviews"})
+#: Meta names worth sending besides og:/product:/twitter: ones and anything matching _META_VALUE.
+_META_NAMES = frozenset({"title", "description"})
+_META_PREFIXES = ("og:", "product:", "twitter:")
+_META_VALUE = re.compile(
+    r"price|currency|sku|brand|gtin|mpn|ean|upc|isbn|availability|condition|category|"
+    r"retailer|manufacturer|model",
+    re.IGNORECASE,
+)
+_META_DROP = frozenset(
+    {
+        "og:url", "og:locale", "og:image", "og:image:alt", "og:image:width", "og:image:height",
+        "og:image:type", "og:video", "og:see_also", "twitter:card", "twitter:site",
+        "twitter:creator", "twitter:image", "twitter:image:alt", "twitter:domain", "twitter:url",
+        "og:locale:alternate", "og:image:secure_url",
+    }
+)  # fmt: skip
+
+
+def slim_page(
+    source: str | bytes, *, encoding: str | None = None, content_type: str | None = None
+) -> SlimPage:
+    """Reduce a page (HTML, JSON or plain text) to its compact prompt form.
+
+    Never raises: the page is untrusted input and a bad one must not drop the item.
+    ``encoding`` (e.g. ``response.encoding``) wins over what the page declares;
+    ``content_type`` (the Content-Type header) helps both decoding and sniffing.
+    """
+    try:
+        text = _decode(source, encoding, content_type)[:MAX_INPUT_CHARS]
+        if not text.strip():
+            return EMPTY
+        kind = _sniff(text, content_type)
+        if kind == "json":
+            structured = _slim_json(text)
+            if structured is not None:
+                return structured
+            kind = "text"
+        if kind == "text":
+            return SlimPage("", _finish(_plain_lines(text.splitlines()), MAX_TEXT_CHARS))
+        return _slim_html(text)
+    except Exception:  # a slimming bug must not lose the item
+        logger.warning("Could not slim a page; sending its text without markup", exc_info=True)
+        raw = source.decode("utf-8", "replace") if isinstance(source, bytes) else source
+        fallback = _TAG.sub(" ", raw[:MAX_INPUT_CHARS])
+        return SlimPage("", _finish(_plain_lines(fallback.splitlines()), MAX_TEXT_CHARS))
+
+
+def _decode(source: str | bytes, encoding: str | None, content_type: str | None) -> str:
+    """Text of ``source``: declared encoding, else BOM / header / meta charset, else sniffed."""
+    if isinstance(source, str):
+        return source
+    header = content_type
+    if encoding and _known_codec(encoding):
+        header = f"{(content_type or 'text/html').split(';')[0]}; charset={encoding}"
+    return html_to_unicode(header, source, auto_detect_fun=_detect_encoding)[1]
+
+
+def _known_codec(name: str) -> bool:
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return False
+    return True
+
+
+def _detect_encoding(body: bytes) -> str:
+    """UTF-8 if the bytes are valid UTF-8, else windows-1252, as browsers fall back to."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "cp1252"
+    return "utf-8"
+
+
+def _sniff(text: str, content_type: str | None) -> str:
+    """Page kind (html, json or text): the Content-Type when it says, else the content."""
+    mime = (content_type or "").split(";")[0].strip().lower()
+    if "json" in mime:
+        return "json"
+    if mime == "text/plain":
+        return "text"
+    if "html" in mime or "xml" in mime:
+        return "html"
+    head = text.lstrip("\ufeff \t\r\n")
+    if head[:1] in ("{", "["):
+        return "json"
+    return "html" if _HTML_SNIFF.search(text, 0, 100_000) else "text"
+
+
+def _slim_json(text: str) -> SlimPage | None:
+    try:
+        value = json.loads(text.lstrip("\ufeff"))
+    except ValueError:
+        return None
+    compact = _compact_json(value)
+    if compact is None:
+        return EMPTY
+    return SlimPage(_finish([f"json: {_dump(compact)}"], MAX_STRUCTURED_CHARS), "")
+
+
+def _slim_html(text: str) -> SlimPage:
+    parser = lxml.html.HTMLParser(
+        encoding="utf-8", remove_comments=True, remove_pis=True, no_network=True
+    )
+    try:
+        root = lxml.html.document_fromstring(text.encode("utf-8", "surrogatepass"), parser)
+    except (etree.ParserError, ValueError):
+        return EMPTY
+    structured = _finish(_structured_lines(root), MAX_STRUCTURED_CHARS)
+    return SlimPage(structured, _finish(_TextWriter().walk(root), MAX_TEXT_CHARS))
+
+
+# --- structured data -------------------------------------------------------------------------
+
+
+def _structured_lines(root: Any) -> list[str]:
+    """JSON-LD, then <title> and meta tags, then microdata values held in attributes."""
+    lines: list[str] = []
+    for script in root.iter("script"):
+        if (script.get("type") or "").strip().lower() == "application/ld+json":
+            lines.extend(_ld_json_lines(script.text or ""))
+    seen_values: set[str] = set()
+
+    def add(key: str, value: str | None) -> None:
+        value = _WS.sub(" ", value or "").strip()
+        if value and value not in seen_values and not _URL.match(value):
+            seen_values.add(value)
+            lines.append(f"{key}: {value}")
+
+    title = root.find(".//title")
+    if title is not None:
+        add("title", title.text_content())
+    for meta in root.iter("meta"):
+        key = (meta.get("property") or meta.get("name") or "").strip().lower()
+        if key and _useful_meta(key) and meta.get("itemprop") is None:
+            add(key, meta.get("content"))
+    for element in root.xpath("//*[@itemprop]"):
+        value = element.get("content")
+        if value is None and element.tag in ("link", "a"):
+            value = element.get("href")
+            value = _SCHEMA_ORG.sub("", value) if value and _SCHEMA_ORG.match(value) else None
+        if value is None and element.tag == "data":
+            value = element.get("value")
+        if value is not None:
+            add(f"itemprop {element.get('itemprop').strip()}", value)
+    return lines
+
+
+def _useful_meta(key: str) -> bool:
+    if key in _META_DROP:
+        return False
+    return key in _META_NAMES or key.startswith(_META_PREFIXES) or bool(_META_VALUE.search(key))
+
+
+def _ld_json_lines(raw: str) -> list[str]:
+    """One "ld+json:" line per JSON-LD block, compacted; unparsable blocks kept as flat text."""
+    raw = raw.strip().removeprefix("<!--").removesuffix("-->").strip()
+    raw = raw.removeprefix("//<![CDATA[").removesuffix("//]]>").strip()
+    if not raw:
+        return []
+    try:
+        value = json.loads(raw, strict=False)
+    except ValueError:
+        try:
+            value = json.loads(re.sub(r",\s*([}\]])", r"\1", raw), strict=False)
+        except ValueError:
+            return [f"ld+json: {_WS.sub(' ', raw)}"]
+    compact = _compact_json(value)
+    if compact is None:
+        return []
+    blocks = compact if isinstance(compact, list) else [compact]
+    return [f"ld+json: {_dump(block)}" for block in blocks]
+
+
+def _compact_json(value: Any) -> Any:
+    """Drop what carries no extraction value: URLs, @context, return policies, extra reviews.
+
+    Returns None for a value that should disappear. Names, SKUs, prices, currencies,
+    brands, GTINs and availability are never dropped (schema.org enum URLs such as
+    ``https://schema.org/InStock`` are shortened to ``InStock``).
+    """
+    if isinstance(value, str):
+        if _SCHEMA_ORG.match(value):
+            return _SCHEMA_ORG.sub("", value)
+        text = (
+            _WS.sub(" ", html.unescape(_TAG.sub(" ", value))).strip()
+            if "<" in value or "&" in value
+            else _WS.sub(" ", value).strip()
+        )
+        if not text or _URL.match(text):
+            return None
+        if len(text) > MAX_JSON_STRING_CHARS:
+            text = text[:MAX_JSON_STRING_CHARS].rstrip() + "\u2026"
+        return text
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key in _DROP_JSON_KEYS:
+                continue
+            if key in _REVIEW_KEYS and isinstance(item, list):
+                item = item[:MAX_REVIEWS]
+            compact = _compact_json(item)
+            if compact is not None:
+                out[key] = compact
+        if not out or set(out) == {"@type"}:
+            return None
+        return out
+    if isinstance(value, list):
+        items: list[Any] = []
+        seen: set[str] = set()
+        for item in value:
+            compact = _compact_json(item)
+            if compact is None:
+                continue
+            key = _dump(compact)
+            if key not in seen:
+                seen.add(key)
+                items.append(compact)
+        if not items:
+            return None
+        return items[0] if len(items) == 1 else items
+    return value
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+# --- visible text ----------------------------------------------------------------------------
+
+
+class _TextWriter:
+    """Collects visible text as lines: "# heading", "- item", "cell | cell", plain lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.parts: list[str] = []
+        self.prefix = ""
+        self.in_row = 0
+        self.seen: set[str] = set()
+
+    def walk(self, root: Any) -> list[str]:
+        body = root.find("body")
+        start = body if body is not None else root
+        stack: list[tuple[Any, bool]] = [(start, False)]
+        while stack:
+            element, closing = stack.pop()
+            if closing:
+                self._close(element)
+                if element.tail:
+                    self.parts.append(element.tail)
+                continue
+            if not isinstance(element.tag, str) or self._skip(element):
+                if element.tail:
+                    self.parts.append(element.tail)
+                continue
+            self._open(element)
+            if element.text:
+                self.parts.append(element.text)
+            stack.append((element, True))
+            stack.extend((child, False) for child in reversed(element))
+        self._flush()
+        return self.lines
+
+    def _skip(self, element: Any) -> bool:
+        tag = element.tag
+        if tag in _SKIP_TAGS or tag in _BOILERPLATE_TAGS:
+            return True
+        if element.get("hidden") is not None or element.get("aria-hidden") == "true":
+            return True
+        role = element.get("role")
+        if role and role.strip().lower() in _BOILERPLATE_ROLES:
+            return True
+        style = element.get("style")
+        if style and _HIDDEN_STYLE.search(style):
+            return True
+        ident = (element.get("id") or "") + " " + (element.get("class") or "")
+        if _BOILERPLATE_ID.search(ident):
+            return True
+        if tag in ("ul", "ol") and _is_menu(element):
+            return True
+        if tag == "select":
+            self._select(element)
+            return True
+        return False
+
+    def _select(self, element: Any) -> None:
+        options = [_WS.sub(" ", o.text_content()).strip() for o in element.iter("option")]
+        options = [o for o in options if o]
+        if 0 < len(options) <= MAX_SELECT_OPTIONS:
+            self._flush()
+            self._emit("options: " + ", ".join(options))
+
+    def _open(self, element: Any) -> None:
+        tag = element.tag
+        if tag == "tr":
+            self._flush()
+            self.in_row += 1
+        elif tag in _CELLS:
+            if self.in_row and self.parts:
+                self.parts.append(" | ")
+        elif tag == "li":
+            self._flush()
+            self.prefix = "- "
+        elif tag in _HEADINGS:
+            self._flush()
+            self.prefix = _HEADINGS[tag]
+        elif tag in _BLOCK_TAGS or tag == "br":
+            self._break()
+
+    def _close(self, element: Any) -> None:
+        tag = element.tag
+        if tag == "tr":
+            self.in_row = max(self.in_row - 1, 0)
+            self._flush()
+        elif tag == "li" or tag in _HEADINGS:
+            self._flush()
+            self.prefix = ""
+        elif tag in _BLOCK_TAGS or tag in _CELLS:
+            self._break()
+
+    def _break(self) -> None:
+        if self.in_row:
+            self.parts.append(" ")
+        else:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.parts:
+            line = _WS.sub(" ", "".join(self.parts)).strip()
+            self.parts.clear()
+            if line:
+                self._emit(line)
+
+    def _emit(self, line: str) -> None:
+        """Keep a line once: repeated lines (buttons, badges, prices in carousels) add nothing."""
+        if not _ALNUM.search(line) or line in self.seen:
+            return
+        self.seen.add(line)
+        self.lines.append(self.prefix + line)
+        self.prefix = ""
+
+
+def _is_menu(element: Any) -> bool:
+    """A list of many items that are nothing but links: navigation, not content."""
+    items = [child for child in element if child.tag == "li"]
+    if len(items) < MENU_MIN_ITEMS:
+        return False
+    for item in items:
+        text = _WS.sub("", item.text_content())
+        linked = sum(len(_WS.sub("", a.text_content())) for a in item.iter("a"))
+        if text and linked < len(text):
+            return False
+    return True
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def _plain_lines(lines: list[str]) -> Iterator[str]:
+    seen: set[str] = set()
+    for line in lines:
+        line = _WS.sub(" ", line).strip()
+        if line and line not in seen:
+            seen.add(line)
+            yield line
+
+
+def _finish(lines: Any, limit: int) -> str:
+    """Join lines, make tag openers inert and cap the size (at a line boundary if possible)."""
+    text = "\n".join(lines)
+    if len(text) > limit:
+        cut = text.rfind("\n", 0, limit)
+        text = text[: cut if cut > 0 else limit]
+    return _TAG_OPEN.sub(_INERT_LT, text)
