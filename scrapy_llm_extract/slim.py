@@ -40,10 +40,14 @@ MAX_TEXT_CHARS = 200_000
 MAX_STRUCTURED_CHARS = 50_000
 #: Longest string kept from JSON-LD (descriptions repeat the visible text).
 MAX_JSON_STRING_CHARS = 500
+#: Shorter structured values are kept even when the visible text repeats them.
+MIN_DUPLICATE_CHARS = 60
 #: Reviews kept per JSON-LD list: a few show the tone, hundreds only cost tokens.
 MAX_REVIEWS = 3
 #: A list with at least this many items that are nothing but links is a menu.
 MENU_MIN_ITEMS = 6
+#: Words a line needs besides its number to count as a UI counter ("Go to slide 3").
+COUNTER_MIN_WORDS = 3
 #: A <select> with more options than this is a country / currency picker.
 MAX_SELECT_OPTIONS = 20
 
@@ -60,6 +64,8 @@ EMPTY = SlimPage("", "")
 
 _WS = re.compile(r"\s+")
 _ALNUM = re.compile(r"\w")
+_INTEGER = re.compile(r"\d+")
+_WORD = re.compile(r"[^\W\d]+")
 _TAG = re.compile(r"<[^<>]{0,1000}>")
 #: "<" that could open a tag (including the prompt's own delimiters) is made inert.
 _TAG_OPEN = re.compile(r"<(?=\s*/?\s*[A-Za-z!?])")
@@ -99,6 +105,13 @@ _DROP_JSON_KEYS = frozenset(
     }
 )  # fmt: skip
 _REVIEW_KEYS = frozenset({"review", "reviews"})
+#: JSON-LD and meta keys holding prose, dropped when the visible text repeats it.
+_PROSE_KEYS = frozenset(
+    {
+        "description", "disambiguatingDescription", "reviewBody", "text", "articleBody",
+        "abstract", "slogan", "og:description", "twitter:description",
+    }
+)  # fmt: skip
 #: Meta names worth sending besides og:/product:/twitter: ones and anything matching _META_VALUE.
 _META_NAMES = frozenset({"title", "description"})
 _META_PREFIXES = ("og:", "product:", "twitter:")
@@ -207,23 +220,26 @@ def _slim_html(text: str) -> SlimPage:
         root = lxml.html.document_fromstring(text.encode("utf-8", "surrogatepass"), parser)
     except (etree.ParserError, ValueError):
         return EMPTY
-    structured = _finish(_structured_lines(root), MAX_STRUCTURED_CHARS)
-    return SlimPage(structured, _finish(_TextWriter().walk(root), MAX_TEXT_CHARS))
+    lines = _TextWriter().walk(root)
+    structured = _structured_lines(root, visible="\n".join(lines))
+    return SlimPage(_finish(structured, MAX_STRUCTURED_CHARS), _finish(lines, MAX_TEXT_CHARS))
 
 
 # --- structured data -------------------------------------------------------------------------
 
 
-def _structured_lines(root: Any) -> list[str]:
+def _structured_lines(root: Any, visible: str) -> list[str]:
     """JSON-LD, then <title> and meta tags, then microdata values held in attributes."""
     lines: list[str] = []
     for script in root.iter("script"):
         if (script.get("type") or "").strip().lower() == "application/ld+json":
-            lines.extend(_ld_json_lines(script.text or ""))
+            lines.extend(_ld_json_lines(script.text or "", visible))
     seen_values: set[str] = set()
 
     def add(key: str, value: str | None) -> None:
         value = _WS.sub(" ", value or "").strip()
+        if key in _PROSE_KEYS and _is_visible(value, visible):
+            return
         if value and value not in seen_values and not _URL.match(value):
             seen_values.add(value)
             lines.append(f"{key}: {value}")
@@ -253,7 +269,7 @@ def _useful_meta(key: str) -> bool:
     return key in _META_NAMES or key.startswith(_META_PREFIXES) or bool(_META_VALUE.search(key))
 
 
-def _ld_json_lines(raw: str) -> list[str]:
+def _ld_json_lines(raw: str, visible: str) -> list[str]:
     """One "ld+json:" line per JSON-LD block, compacted; unparsable blocks kept as flat text."""
     raw = raw.strip().removeprefix("<!--").removesuffix("-->").strip()
     raw = raw.removeprefix("//<![CDATA[").removesuffix("//]]>").strip()
@@ -266,41 +282,34 @@ def _ld_json_lines(raw: str) -> list[str]:
             value = json.loads(re.sub(r",\s*([}\]])", r"\1", raw), strict=False)
         except ValueError:
             return [f"ld+json: {_WS.sub(' ', raw)}"]
-    compact = _compact_json(value)
+    compact = _compact_json(value, visible)
     if compact is None:
         return []
     blocks = compact if isinstance(compact, list) else [compact]
     return [f"ld+json: {_dump(block)}" for block in blocks]
 
 
-def _compact_json(value: Any) -> Any:
+def _compact_json(value: Any, visible: str = "", top: bool = True) -> Any:
     """Drop what carries no extraction value: URLs, @context, return policies, extra reviews.
 
     Returns None for a value that should disappear. Names, SKUs, prices, currencies,
     brands, GTINs and availability are never dropped (schema.org enum URLs such as
-    ``https://schema.org/InStock`` are shortened to ``InStock``).
+    ``https://schema.org/InStock`` are shortened to ``InStock``). Descriptions that the
+    ``visible`` text already holds word for word are dropped: the model reads them there.
+    Nested ``@type`` goes too: the key (``brand``, ``offers``) already says what it is.
     """
     if isinstance(value, str):
-        if _SCHEMA_ORG.match(value):
-            return _SCHEMA_ORG.sub("", value)
-        text = (
-            _WS.sub(" ", html.unescape(_TAG.sub(" ", value))).strip()
-            if "<" in value or "&" in value
-            else _WS.sub(" ", value).strip()
-        )
-        if not text or _URL.match(text):
-            return None
-        if len(text) > MAX_JSON_STRING_CHARS:
-            text = text[:MAX_JSON_STRING_CHARS].rstrip() + "\u2026"
-        return text
+        return _compact_string(value)
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
-            if key in _DROP_JSON_KEYS:
+            if key in _DROP_JSON_KEYS or (key == "@type" and not top):
                 continue
             if key in _REVIEW_KEYS and isinstance(item, list):
                 item = item[:MAX_REVIEWS]
-            compact = _compact_json(item)
+            compact = _compact_json(item, visible, top=key == "@graph")
+            if key in _PROSE_KEYS and isinstance(compact, str) and _is_visible(compact, visible):
+                continue
             if compact is not None:
                 out[key] = compact
         if not out or set(out) == {"@type"}:
@@ -310,17 +319,44 @@ def _compact_json(value: Any) -> Any:
         items: list[Any] = []
         seen: set[str] = set()
         for item in value:
-            compact = _compact_json(item)
-            if compact is None:
-                continue
+            compact = _compact_json(item, visible, top)
             key = _dump(compact)
-            if key not in seen:
+            if compact is not None and key not in seen:
                 seen.add(key)
                 items.append(compact)
         if not items:
             return None
-        return items[0] if len(items) == 1 else items
+        return items[0] if len(items) == 1 else _name_value_table(items)
     return value
+
+
+def _compact_string(value: str) -> str | None:
+    """Text of a JSON string without markup; None for URLs (images, links) and blanks."""
+    if _SCHEMA_ORG.match(value):
+        return _SCHEMA_ORG.sub("", value)
+    if "<" in value or "&" in value:
+        value = html.unescape(_TAG.sub(" ", value))
+    text = _WS.sub(" ", value).strip()
+    if not text or _URL.match(text):
+        return None
+    if len(text) > MAX_JSON_STRING_CHARS:
+        text = text[:MAX_JSON_STRING_CHARS].rstrip() + "\u2026"
+    return text
+
+
+def _name_value_table(items: list[Any]) -> Any:
+    """[{"name": "Lens", "value": "F"}, ...] (schema.org PropertyValue) as {"Lens": "F", ...}."""
+    if not all(isinstance(item, dict) and set(item) == {"name", "value"} for item in items):
+        return items
+    names = [item["name"] for item in items]
+    if not all(isinstance(name, str) for name in names) or len(set(names)) < len(names):
+        return items
+    return {item["name"]: item["value"] for item in items}
+
+
+def _is_visible(value: str, visible: str) -> bool:
+    """A long text the visible text holds already (short values are kept: they are cheap)."""
+    return len(value) >= MIN_DUPLICATE_CHARS and value.removesuffix("\u2026") in visible
 
 
 def _dump(value: Any) -> str:
@@ -339,6 +375,7 @@ class _TextWriter:
         self.prefix = ""
         self.in_row = 0
         self.seen: set[str] = set()
+        self.counter: tuple[str, int] | None = None
 
     def walk(self, root: Any) -> list[str]:
         body = root.find("body")
@@ -369,8 +406,10 @@ class _TextWriter:
             return True
         if element.get("hidden") is not None or element.get("aria-hidden") == "true":
             return True
-        role = element.get("role")
-        if role and role.strip().lower() in _BOILERPLATE_ROLES:
+        role = (element.get("role") or "").strip().lower()
+        if role in _BOILERPLATE_ROLES:
+            return True
+        if (tag == "header" or role == "banner") and _is_banner(element):
             return True
         style = element.get("style")
         if style and _HIDDEN_STYLE.search(style):
@@ -434,12 +473,31 @@ class _TextWriter:
                 self._emit(line)
 
     def _emit(self, line: str) -> None:
-        """Keep a line once: repeated lines (buttons, badges, prices in carousels) add nothing."""
+        """Keep a line once: repeated lines (buttons, badges, prices in carousels) add nothing.
+
+        A run of UI lines that differ only by a counter ("Go to slide 1", "Go to slide 2")
+        keeps its first; short ones ("Size 7", "Size 8") are content and stay.
+        """
         if not _ALNUM.search(line) or line in self.seen:
             return
         self.seen.add(line)
+        numbers = _INTEGER.findall(line)
+        if len(numbers) == 1 and len(_WORD.findall(line)) >= COUNTER_MIN_WORDS:
+            template, number = _INTEGER.sub("#", line), int(numbers[0])
+            previous, self.counter = self.counter, (template, number)
+            if previous == (template, number - 1):
+                return
+        else:
+            self.counter = None
         self.lines.append(self.prefix + line)
         self.prefix = ""
+
+
+def _is_banner(element: Any) -> bool:
+    """A site header (logo, search, account links), not the header of the product section."""
+    if element.find(".//h1") is not None:
+        return False
+    return not any(ancestor.tag in ("main", "article") for ancestor in element.iterancestors())
 
 
 def _is_menu(element: Any) -> bool:

@@ -53,17 +53,38 @@ def test_json_ld_is_kept_compact_without_urls_context_or_extra_reviews():
         "name": "Blue mug",
         "sku": "MUG-1",
         "gtin13": "4006381333931",
-        "brand": {"@type": "Brand", "name": "Acme"},
+        "brand": {"name": "Acme"},
         "description": "A blue mug & saucer.",
-        "offers": {
-            "@type": "Offer",
-            "price": "12.99",
-            "priceCurrency": "EUR",
-            "availability": "InStock",
-        },
-        "review": [{"@type": "Review", "reviewBody": f"Review {n}"} for n in range(3)],
+        "offers": {"price": "12.99", "priceCurrency": "EUR", "availability": "InStock"},
+        "review": [{"reviewBody": f"Review {n}"} for n in range(3)],
     }
     assert ", " not in line and ": " not in line.removeprefix("ld+json: ")
+
+
+def test_descriptions_the_visible_text_repeats_are_sent_once():
+    description = "A hand-thrown stoneware mug with a deep blue glaze, 350 ml, dishwasher safe."
+    ld = {
+        "@type": "Product",
+        "description": description,
+        "additionalProperty": [
+            {"@type": "PropertyValue", "name": "Volume", "value": "350 ml"},
+            {"@type": "PropertyValue", "name": "Material", "value": "Stoneware"},
+        ],
+        "review": {"reviewBody": "Not on the page, so it stays here and is long enough."},
+    }
+    head = (
+        f'<meta name="description" content="{description}">'
+        f'<meta property="og:description" content="{description[:50]}">'
+        f'<script type="application/ld+json">{json.dumps(ld)}</script>'
+    )
+    result = slim_page(page(f"<h1>Mug</h1><p>{description}</p>", head))
+    assert result.structured.splitlines() == [
+        'ld+json: {"@type":"Product","additionalProperty":{"Volume":"350 ml","Material":'
+        '"Stoneware"},"review":{"reviewBody":"Not on the page, so it stays here and is long'
+        ' enough."}}',
+        f"og:description: {description[:50]}",
+    ]
+    assert result.text == f"# Mug\n{description}"
 
 
 def test_broken_json_ld_is_kept_as_flat_text():
@@ -131,22 +152,28 @@ def test_structure_headings_lists_and_tables_become_compact_lines():
         "# Blue mug\nPrice 12,99 €\nIn stock\n## Details\n- Ceramic\n- 350 ml\n"
         "Size | Weight\nSmall | 300 g"
     )
+    product_header = "<header><h1>Blue mug</h1><a href='/'>Back</a></header><p>Ceramic</p>"
+    assert slim_page(page(product_header)).text == "# Blue mug\nBack\nCeramic"
 
 
 def test_boilerplate_menus_banners_and_repeated_lines_are_dropped():
     menu = "".join(f'<li><a href="/c/{n}">Category {n}</a></li>' for n in range(30))
+    slides = "".join(f"<button>Go to slide {n}</button>" for n in range(1, 30))
+    sizes = "".join(f"<li>Size {n}</li>" for n in range(6, 9))
     body = (
-        f"<header><nav><ul>{menu}</ul></nav></header>"
+        f"<header><a href='/'>Shop</a><form>Search</form><nav><ul>{menu}</ul></nav></header>"
         f'<div class="mega-menu"><ul>{menu}</ul></div>'
         '<div id="onetrust-banner-sdk">We use cookies. Accept all</div>'
-        "<main><h1>Blue mug</h1><p>Add to cart</p><p>Ceramic mug.</p><p>Add to cart</p>"
+        "<main><header><h1>Blue mug</h1></header><p>Add to cart</p><p>Ceramic mug.</p>"
+        f"<p>Add to cart</p>{slides}<ul>{sizes}</ul>"
         "<ul><li><a href='/a'>Breadcrumb</a></li><li>Blue mug, 12,99 €</li></ul>"
         '<select name="size"><option>Small</option><option>Large</option></select>'
         f'<select name="country">{"".join(f"<option>C{n}</option>" for n in range(200))}</select>'
         "</main><footer>© Shop 2025 · Imprint</footer>"
     )
     assert slim_page(page(body)).text == (
-        "# Blue mug\nAdd to cart\nCeramic mug.\n- Breadcrumb\n- Blue mug, 12,99 €\n"
+        "# Blue mug\nAdd to cart\nCeramic mug.\nGo to slide 1\n- Size 6\n- Size 7\n- Size 8\n"
+        "- Breadcrumb\n- Blue mug, 12,99 €\n"
         "options: Small, Large"
     )
 
