@@ -376,12 +376,13 @@ class _TextWriter:
         self.in_row = 0
         self.seen: set[str] = set()
         self.counter: tuple[str, int] | None = None
+        self.size = 0
 
     def walk(self, root: Any) -> list[str]:
         body = root.find("body")
         start = body if body is not None else root
         stack: list[tuple[Any, bool]] = [(start, False)]
-        while stack:
+        while stack and self.size <= MAX_TEXT_CHARS:  # the rest would be cut anyway
             element, closing = stack.pop()
             if closing:
                 self._close(element)
@@ -490,6 +491,7 @@ class _TextWriter:
         else:
             self.counter = None
         self.lines.append(self.prefix + line)
+        self.size += len(self.prefix) + len(line) + 1
         self.prefix = ""
 
 
