@@ -96,24 +96,34 @@ class RequestBuilder:
         return ExtractionRequest(body=body, prompt_tokens=prompt_tokens, truncated=truncated)
 
     def _page_message(self, page: SlimPage, url: str | None) -> tuple[str, int, bool]:
-        """The user message, cut to the token budget: visible text goes before structured data."""
+        """The user message within the page budget; structured data is kept before visible text."""
         model = self.config.model
-        opening = (
-            f'<untrusted_page url="{neutralise(url or "")}">\n' if url else "<untrusted_page>\n"
-        )
-        closing = "</untrusted_page>"
         structured = neutralise(page.structured)
         text = neutralise(page.text)
-        frame_tokens = count_tokens(opening + closing, model) + 16  # section tags
-        budget = self.max_page_tokens - frame_tokens
+        placeholders = 2  # the two "x" standing for the parts in the frame measured here
+        frame = count_tokens(_user_message("x", "x", url), model) - placeholders
+        budget = self.max_page_tokens - frame
         structured, structured_cut = truncate_to_tokens(structured, budget, model)
         budget -= count_tokens(structured, model)
         text, text_cut = truncate_to_tokens(text, max(budget, 0), model)
-        parts = [opening]
-        if structured:
-            parts.append(f"<structured_data>\n{structured}\n</structured_data>\n")
-        if text:
-            parts.append(f"<visible_text>\n{text}\n</visible_text>\n")
-        parts.append(closing)
-        content = "".join(parts)
-        return content, count_tokens(content, model), structured_cut or text_cut
+        content = _user_message(structured, text, url)
+        tokens = count_tokens(content, model)
+        while tokens > self.max_page_tokens and text:
+            # Tokens can merge or split where parts are joined: shave off the overshoot.
+            over = tokens - self.max_page_tokens
+            text, _ = truncate_to_tokens(text, count_tokens(text, model) - over, model)
+            text_cut = True
+            content = _user_message(structured, text, url)
+            tokens = count_tokens(content, model)
+        return content, tokens, structured_cut or text_cut
+
+
+def _user_message(structured: str, text: str, url: str | None) -> str:
+    """The page between delimiters; both parts must already be neutralised."""
+    parts = [f'<untrusted_page url="{neutralise(url)}">\n' if url else "<untrusted_page>\n"]
+    if structured:
+        parts.append(f"<structured_data>\n{structured}\n</structured_data>\n")
+    if text:
+        parts.append(f"<visible_text>\n{text}\n</visible_text>\n")
+    parts.append("</untrusted_page>")
+    return "".join(parts)
