@@ -1,0 +1,109 @@
+"""The pipeline's own decisions, on items that never reach the API."""
+
+import logging
+
+import pytest
+import scrapy
+from scrapy.utils.defer import deferred_f_from_coro_f
+from scrapy.utils.test import get_crawler
+
+from scrapy_llm_extract import Addon, BatchSubmitExtension, LLMExtractPipeline
+
+
+class Product(scrapy.Item):
+    url = scrapy.Field()
+    html = scrapy.Field()
+    priority = scrapy.Field()
+    title = scrapy.Field()
+    llm_extract_error = scrapy.Field()
+
+
+class NotAnItem:
+    html = "<p>hello</p>"
+
+
+async def open_pipeline(tmp_path, **settings):
+    settings = {
+        "LLM_EXTRACT_SPOOL_DIR": str(tmp_path / "spool"),
+        "LLM_EXTRACT_EMULATOR_DIR": str(tmp_path / "emulator"),
+        **settings,
+    }
+    crawler = get_crawler(scrapy.Spider, settings)
+    crawler.spider = crawler._create_spider("test")
+    pipeline = LLMExtractPipeline.from_crawler(crawler)
+    await pipeline.open_spider()
+    return crawler, pipeline
+
+
+@deferred_f_from_coro_f
+async def test_unknown_item_types_pass_through_counted_and_logged(tmp_path, caplog):
+    crawler, pipeline = await open_pipeline(tmp_path)
+    item = NotAnItem()
+    with caplog.at_level(logging.WARNING):
+        assert await pipeline.process_item(item) is item
+    assert crawler.stats.get_value("llm_extract/invalid_input/item_type") == 1
+    assert "NotAnItem is not an item type" in caplog.text
+    await pipeline.close_spider()
+
+
+@deferred_f_from_coro_f
+async def test_items_without_a_page_pass_untouched(tmp_path):
+    crawler, pipeline = await open_pipeline(tmp_path)
+    item = Product(url="u", title="kept")
+    assert await pipeline.process_item(item) is item
+    assert dict(item) == {"url": "u", "title": "kept"}
+    assert crawler.stats.get_value("llm_extract/skipped/no_source") == 1
+    await pipeline.close_spider()
+
+
+@deferred_f_from_coro_f
+async def test_empty_pages_pass_on_with_the_reason(tmp_path, caplog):
+    crawler, pipeline = await open_pipeline(tmp_path)
+    item = Product(url="u", html="<html><body> </body></html>")
+    assert await pipeline.process_item(item) is item
+    assert item["llm_extract_error"].startswith("invalid_input: ")
+    assert crawler.stats.get_value("llm_extract/invalid_input/empty_page") == 1
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
+    await pipeline.close_spider()
+
+
+def skip_everything(item, spider):
+    return "skip"
+
+
+@deferred_f_from_coro_f
+async def test_router_skip_passes_items_untouched(tmp_path):
+    crawler, pipeline = await open_pipeline(
+        tmp_path, LLM_EXTRACT_ROUTER="tests.test_pipeline.skip_everything"
+    )
+    item = Product(url="u", html="<p>page</p>")
+    assert await pipeline.process_item(item) is item
+    assert item["html"] == "<p>page</p>"
+    assert crawler.stats.get_value("llm_extract/routed/skip") == 1
+    await pipeline.close_spider()
+
+
+@deferred_f_from_coro_f
+async def test_router_answers_outside_the_three_routes_are_errors(tmp_path):
+    _, pipeline = await open_pipeline(tmp_path, LLM_EXTRACT_ROUTER=lambda item, spider: "later")
+    with pytest.raises(ValueError, match="must return one of realtime, batch, skip"):
+        await pipeline.process_item(Product(html="<p>page</p>"))
+    await pipeline.close_spider()
+
+
+def test_addon_enables_pipeline_and_extension():
+    crawler = get_crawler(scrapy.Spider, {"ADDONS": {Addon: 100}})
+    assert LLMExtractPipeline in crawler.settings.getdict("ITEM_PIPELINES")
+    assert BatchSubmitExtension in crawler.settings.getdict("EXTENSIONS")
+
+
+def test_addon_keeps_a_project_chosen_priority():
+    crawler = get_crawler(
+        scrapy.Spider,
+        {
+            "ADDONS": {Addon: 100},
+            "ITEM_PIPELINES": {"scrapy_llm_extract.LLMExtractPipeline": 900},
+        },
+    )
+    pipelines = crawler.settings.getdict("ITEM_PIPELINES")
+    assert list(pipelines.values()) == [900]
