@@ -132,6 +132,15 @@ def validate_rows(
     return rows, errors[:MAX_ERRORS]
 
 
+def _rows_tokens(rows: list[dict[str, Any]], model: Any) -> int:
+    """Prompt tokens of the rows, as the enqueued-token quota counts them."""
+    return sum(
+        prompt_tokens(r["body"].get("messages") or [], str(model))
+        for r in rows
+        if isinstance(r["body"], dict) and isinstance(r["body"].get("messages"), list)
+    )
+
+
 def _events(record: dict[str, Any]) -> list[tuple[float, str]]:
     """The batch's status changes, in order: (time, status)."""
     config = record["config"]
@@ -226,19 +235,16 @@ class Batches:
         content = self.store.file_path(file_record["id"]).read_bytes()
         rows, errors = validate_rows(content, config)
         model = next((r["body"].get("model") for r in rows if isinstance(r["body"], dict)), None)
-        tokens = sum(
-            prompt_tokens(r["body"].get("messages") or [], str(model))
-            for r in rows
-            if isinstance(r["body"], dict) and isinstance(r["body"].get("messages"), list)
-        )
+        limit = config.token_limit(str(model))
+        # Counting is the costly part of a create: done when a quota asks for it, or later.
+        tokens = _rows_tokens(rows, model) if limit is not None else None
         if config.fail_batches and not errors:
             errors = [_error(config.fail_batches, "Emulated validation failure.")]
         with self.store.locked():
             now = self.clock()
-            limit = config.token_limit(str(model))
-            if not errors and limit is not None:
+            if not errors and tokens is not None and limit is not None:
                 enqueued = sum(
-                    r["input_tokens"]
+                    self._enqueued_tokens(r)
                     for r in self.store.batch_records()
                     if r["model"] == model and _status(r, now)[0] in ACTIVE
                 )
@@ -268,6 +274,15 @@ class Batches:
             self.store.save_batch(record)
         logger.debug("Batch %s created with %d rows", record["id"], len(rows))
         return 200, self._view(record, now, fresh=True)
+
+    def _enqueued_tokens(self, record: dict[str, Any]) -> int:
+        """Prompt tokens of a batch's input file, counted once (the caller holds the lock)."""
+        if record.get("input_tokens") is None:
+            content = self.store.file_path(record["input_file_id"]).read_bytes()
+            rows, _ = validate_rows(content, EmulatorConfig.from_dict(record["config"]))
+            record["input_tokens"] = _rows_tokens(rows, record["model"])
+            self.store.save_batch(record)
+        return int(record["input_tokens"])
 
     @staticmethod
     def _check_params(params: Any) -> Response | None:
