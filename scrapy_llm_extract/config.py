@@ -59,6 +59,11 @@ SETTINGS: dict[str, Setting] = {
         " instructions and output).",
     ),
     "LLM_EXTRACT_MAX_OUTPUT_TOKENS": Setting(1024, "max_completion_tokens of each request."),
+    "LLM_EXTRACT_PREPARE_WORKERS": Setting(
+        None,
+        "Processes that slim pages and count tokens beside the crawl (None: one per CPU core"
+        " beyond the first, at most 4; 0: on the crawl's own thread).",
+    ),
     # Routing.
     "LLM_EXTRACT_PRIORITY_FIELD": Setting(
         "priority", "Item field whose value 'high' (any case) sends the item to real time."
@@ -168,8 +173,8 @@ def _positive(settings: BaseSettings, name: str, *, integer: bool = True) -> Any
     return int(number) if integer else number
 
 
-def _non_negative(settings: BaseSettings, name: str) -> float | None:
-    """A number of seconds, zero allowed, None if unset."""
+def _non_negative(settings: BaseSettings, name: str, *, integer: bool = False) -> Any:
+    """A number, zero allowed, None if unset."""
     value = settings.get(name, SETTINGS[name].default)
     if value is None:
         return None
@@ -177,9 +182,15 @@ def _non_negative(settings: BaseSettings, name: str) -> float | None:
         number = float(value)
     except (TypeError, ValueError):
         number = -1.0
-    if isinstance(value, bool) or number < 0:
-        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}.")
-    return number
+    if isinstance(value, bool) or number < 0 or (integer and not number.is_integer()):
+        kind = "a whole number" if integer else "a number"
+        raise ValueError(f"{name} must be {kind} >= 0, got {value!r}.")
+    return int(number) if integer else number
+
+
+def default_prepare_workers() -> int:
+    """One worker per core the crawl's own thread leaves free, at most 4."""
+    return min(4, max((os.cpu_count() or 1) - 1, 0))
 
 
 @dataclass(frozen=True)
@@ -196,6 +207,7 @@ class Config:
     error_field: str
     max_input_tokens: int | None
     max_output_tokens: int
+    prepare_workers: int
     priority_field: str
     timestamp_field: str
     realtime_max_age: float
@@ -242,6 +254,7 @@ class Config:
                 f"LLM_EXTRACT_REALTIME_FALLBACK must be 'batch' or 'error', got {fallback!r}."
             )
         emulator_dir = get("LLM_EXTRACT_EMULATOR_DIR")
+        workers = _non_negative(settings, "LLM_EXTRACT_PREPARE_WORKERS", integer=True)
         return cls(
             model=get("LLM_EXTRACT_MODEL"),
             source_field=get("LLM_EXTRACT_SOURCE_FIELD"),
@@ -253,6 +266,7 @@ class Config:
             error_field=get("LLM_EXTRACT_ERROR_FIELD"),
             max_input_tokens=_positive(settings, "LLM_EXTRACT_MAX_INPUT_TOKENS"),
             max_output_tokens=_positive(settings, "LLM_EXTRACT_MAX_OUTPUT_TOKENS"),
+            prepare_workers=default_prepare_workers() if workers is None else workers,
             priority_field=get("LLM_EXTRACT_PRIORITY_FIELD"),
             timestamp_field=get("LLM_EXTRACT_TIMESTAMP_FIELD"),
             realtime_max_age=_positive(settings, "LLM_EXTRACT_REALTIME_MAX_AGE", integer=False),

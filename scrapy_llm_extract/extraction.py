@@ -7,7 +7,7 @@ takes, kept apart from the Scrapy glue so it can be tested on plain items.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from itemadapter import ItemAdapter
 from scrapy.utils.misc import load_object
@@ -17,6 +17,9 @@ from .items import input_fields
 from .prompt import ExtractionRequest, RequestBuilder
 from .schema import SchemaError, item_class_schema, schema_name, strict_schema
 from .slim import slim_page
+
+if TYPE_CHECKING:
+    from .workers import PrepareWorkers
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,22 @@ class InvalidInput(ValueError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+    def __reduce__(self) -> tuple[type[InvalidInput], tuple[str, str]]:
+        # Raised in worker processes too: keep both arguments across pickling.
+        return type(self), (self.kind, str(self))
+
+
+def build_request(
+    builder: RequestBuilder, source: str | bytes, url: str | None, schema: ExtractionSchema
+) -> ExtractionRequest:
+    """Slim the page and build its request: the CPU-heavy step, run inline or in a worker."""
+    page = slim_page(source)
+    if not page.structured and not page.text:
+        raise InvalidInput("empty_page", "the page has no text or structured data")
+    request = builder.build(page, url=url, schema=schema.schema, schema_name=schema.name)
+    _ = request.body_json  # serialised here (cached), so a worker sends the JSON back ready
+    return request
 
 
 class Preparer:
@@ -83,19 +102,24 @@ class Preparer:
     def has_source(self, adapter: ItemAdapter) -> bool:
         return adapter.get(self.config.source_field) is not None
 
-    def prepare(self, adapter: ItemAdapter) -> Prepared:
-        """Slim the page and build its request; raise InvalidInput when there is nothing to send."""
+    def inputs(self, adapter: ItemAdapter) -> tuple[str | bytes, str | None, ExtractionSchema]:
+        """The page, URL and schema of an item; InvalidInput when the page is not text."""
         source = adapter.get(self.config.source_field)
         if not isinstance(source, str | bytes):
             raise InvalidInput(
                 "source_type",
                 f"{self.config.source_field!r} holds a {type(source).__name__}, not str or bytes",
             )
-        page = slim_page(source)
-        if not page.structured and not page.text:
-            raise InvalidInput("empty_page", "the page has no text or structured data")
-        schema = self.schema_for(adapter.item)
         url = adapter.get(self.config.url_field)
-        url = str(url) if url is not None else None
-        request = self.builder.build(page, url=url, schema=schema.schema, schema_name=schema.name)
-        return Prepared(request=request, schema=schema, url=url)
+        return source, (str(url) if url is not None else None), self.schema_for(adapter.item)
+
+    def prepare(self, adapter: ItemAdapter) -> Prepared:
+        """Slim the page and build its request; raise InvalidInput when there is nothing to send."""
+        source, url, schema = self.inputs(adapter)
+        return Prepared(build_request(self.builder, source, url, schema), schema, url)
+
+    async def prepare_async(self, adapter: ItemAdapter, workers: PrepareWorkers) -> Prepared:
+        """prepare(), with the slimming and counting done in worker processes."""
+        source, url, schema = self.inputs(adapter)
+        request = await workers.build(self.builder, source, url, schema)
+        return Prepared(request, schema, url)

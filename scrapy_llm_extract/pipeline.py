@@ -24,6 +24,7 @@ from .results import Extracted, Failure
 from .router import BATCH, REALTIME, SKIP, checked_route, resolve_router
 from .schema import SchemaError
 from .spool import Spool
+from .workers import PrepareWorkers
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -43,6 +44,7 @@ class LLMExtractPipeline:
         self.config = Config.from_settings(crawler.settings)
         self.stats = crawler.stats
         self.preparer = Preparer(self.config)
+        self.workers = PrepareWorkers(self.config, crawler.stats)
         self.realtime = RealtimeExtractor(self.config, crawler.stats)
         self.spool = Spool.for_crawler(crawler, self.config)
         self._schema_error_reported = False
@@ -57,6 +59,7 @@ class LLMExtractPipeline:
 
     async def close_spider(self) -> None:
         await self.realtime.close()
+        await self.workers.close()
         self.spool.close()
 
     async def process_item(self, item: Any) -> Any:
@@ -76,7 +79,7 @@ class LLMExtractPipeline:
             self.stats.inc_value("llm_extract/skipped/no_source")
             return item
         try:
-            prepared = self.preparer.prepare(adapter)
+            prepared = await self._prepare(adapter)
         except InvalidInput as exc:
             return self._pass_invalid(item, adapter, exc)
         except SchemaError as exc:
@@ -93,6 +96,11 @@ class LLMExtractPipeline:
             return self._realtime_failed(item, adapter, prepared, outcome)
         assert route == BATCH
         return self._spool(item, prepared)
+
+    async def _prepare(self, adapter: ItemAdapter) -> Prepared:
+        if self.config.prepare_workers:
+            return await self.preparer.prepare_async(adapter, self.workers)
+        return self.preparer.prepare(adapter)
 
     def _merge(self, adapter: ItemAdapter, outcome: Extracted) -> None:
         rejected = merge_extracted(adapter, outcome.fields, self.config)

@@ -45,11 +45,19 @@ def test_settings_override_and_parse():
         LLM_EXTRACT_RPM="120",
         LLM_EXTRACT_ROUTER="tests.test_router.always_skip",
         LLM_EXTRACT_PRICES='{"gpt-4.1-mini": {"input": 1}}',
+        LLM_EXTRACT_PREPARE_WORKERS="0",
     )
     assert config.model == "gpt-4.1-mini"
     assert config.submit_on_close is False
     assert config.router({}, None) == "skip"
     assert config.prices == {"gpt-4.1-mini": {"input": 1}}
+    assert config.prepare_workers == 0
+
+
+def test_prepare_workers_default_to_the_cores_the_crawl_leaves_free(monkeypatch):
+    for cores, workers in ((1, 0), (2, 1), (8, 4), (None, 0)):
+        monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+        assert make_config().prepare_workers == workers
 
 
 def test_api_key_is_not_in_the_repr():
@@ -63,6 +71,8 @@ def test_api_key_is_not_in_the_repr():
         ("LLM_EXTRACT_BATCH_MAX_BYTES", -1),
         ("LLM_EXTRACT_MAX_INPUT_TOKENS", "many"),
         ("LLM_EXTRACT_REALTIME_FALLBACK", "drop"),
+        ("LLM_EXTRACT_PREPARE_WORKERS", -1),
+        ("LLM_EXTRACT_PREPARE_WORKERS", 1.5),
     ],
 )
 def test_bad_values_name_the_setting(name, value):
