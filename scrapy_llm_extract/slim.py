@@ -255,11 +255,12 @@ def _structured_lines(root: Any, visible: str) -> list[str]:
         value = element.get("content")
         if value is None and element.tag in ("link", "a"):
             value = element.get("href")
-            value = _SCHEMA_ORG.sub("", value) if value and _SCHEMA_ORG.match(value) else None
+            value = value if value and _SCHEMA_ORG.match(value) else None
         if value is None and element.tag == "data":
             value = element.get("value")
         if value is not None:
-            add(f"itemprop {element.get('itemprop').strip()}", value)
+            # schema.org enumerations ("https://schema.org/InStock") are values, not links.
+            add(f"itemprop {element.get('itemprop').strip()}", _SCHEMA_ORG.sub("", value))
     return lines
 
 

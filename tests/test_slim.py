@@ -120,6 +120,7 @@ def test_microdata_values_held_in_attributes_are_kept():
         '<meta itemprop="sku" content="MUG-1">'
         '<span itemprop="price" content="12.99">12,99 €</span>'
         '<link itemprop="availability" href="https://schema.org/InStock">'
+        '<meta itemprop="itemCondition" content="https://schema.org/NewCondition">'
         "</div>"
     )
     result = slim_page(page(body))
@@ -127,6 +128,7 @@ def test_microdata_values_held_in_attributes_are_kept():
         "itemprop sku: MUG-1",
         "itemprop price: 12.99",
         "itemprop availability: InStock",
+        "itemprop itemCondition: NewCondition",
     ]
     assert result.text == "Blue mug12,99 €"
 
