@@ -1,7 +1,8 @@
 """``LLMExtractPipeline``: route each item to real time or to the batch spool.
 
-Scrapy glue only: preparation lives in :mod:`.extraction`, the real-time call
-in :mod:`.realtime`, the spool in :mod:`.spool`. An urgent item waits for its
+Scrapy glue only: preparation lives in :mod:`.extraction` (run in the
+processes of :mod:`.workers`), the real-time call in :mod:`.realtime`, the
+spool in :mod:`.spool`. An urgent item waits for its
 answer while the crawl goes on (``process_item`` is a coroutine awaited under
 the asyncio reactor); a batch item is spooled and dropped quietly, to come
 back extracted from ``scrapy collect-batches``.
