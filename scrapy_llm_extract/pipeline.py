@@ -57,6 +57,8 @@ class LLMExtractPipeline:
     async def open_spider(self) -> None:
         self.router = resolve_router(self.config, self.crawler.spider)
         self.replaying = bool(getattr(self.crawler.spider, REPLAY_ATTRIBUTE, False))
+        if self.config.prepare_workers and not self.replaying:
+            self.workers.start()  # up by the time the first pages arrive
 
     async def close_spider(self) -> None:
         await self.realtime.close()

@@ -47,11 +47,14 @@ class _Worker:
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
-        self.pending: collections.deque[asyncio.Future[ExtractionRequest]] = collections.deque()
-        self._reader = asyncio.get_running_loop().create_task(self._read_answers())
+        self.pending: collections.deque[asyncio.Future[Any]] = collections.deque()
+        loop = asyncio.get_running_loop()
+        self.ready = loop.create_future()  # answered once the worker has its builder
+        self.pending.append(self.ready)
+        self._reader = loop.create_task(self._read_answers())
 
     @classmethod
-    async def start(cls, config: Config) -> _Worker:
+    async def spawn(cls, config: Config) -> _Worker:
         env = dict(os.environ)
         # The package is importable where it is imported now, even from a source checkout.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
@@ -72,7 +75,7 @@ class _Worker:
         answer = asyncio.get_running_loop().create_future()
         self.pending.append(answer)
         await self._send(task)
-        return await answer
+        return await answer  # type: ignore[no-any-return]
 
     async def _send(self, message: Any) -> None:
         assert self.process.stdin is not None
@@ -112,14 +115,36 @@ class _Worker:
 
 
 class PrepareWorkers:
-    """``config.prepare_workers`` processes, started at first use, shared by one crawler."""
+    """``config.prepare_workers`` processes shared by one crawler.
+
+    They start in the background (an interpreter and its imports take a moment);
+    until they are up, pages are prepared on the calling thread, so no item waits.
+    """
 
     def __init__(self, config: Config, stats: Any) -> None:
         self.config = config
         self.stats = stats
         self.broken = False
-        self._workers: list[_Worker] | None = None
-        self._starting = asyncio.Lock()
+        self._spawned: list[_Worker] = []
+        self._ready: list[_Worker] = []
+        self._starting: asyncio.Task[None] | None = None
+
+    def start(self) -> asyncio.Task[None]:
+        """Start the processes once; await the task to wait until they are up."""
+        if self._starting is None:
+            self._starting = asyncio.get_running_loop().create_task(self._start())
+        return self._starting
+
+    async def _start(self) -> None:
+        try:
+            for _ in range(self.config.prepare_workers):
+                self._spawned.append(await _Worker.spawn(self.config))
+            for worker in self._spawned:
+                await worker.ready
+        except (WorkerDied, OSError) as exc:
+            self._break(exc)
+            return
+        self._ready = list(self._spawned)
 
     async def build(
         self,
@@ -128,22 +153,18 @@ class PrepareWorkers:
         url: str | None,
         schema: ExtractionSchema,
     ) -> ExtractionRequest:
-        """build_request() in a worker; with ``builder`` on this thread once a worker died."""
-        if not self.broken:
+        """build_request() in a worker, or with ``builder`` here while none is up."""
+        self.start()
+        if self._ready and not self.broken:
+            worker = min(self._ready, key=lambda w: len(w.pending))
             try:
-                workers = await self._started()
-                worker = min(workers, key=lambda w: len(w.pending))
-                return await worker.call((source, url, schema))
+                request = await worker.call((source, url, schema))
             except (WorkerDied, OSError) as exc:
                 self._break(exc)
+            else:
+                self.stats.inc_value("llm_extract/prepare/in_workers")
+                return request
         return build_request(builder, source, url, schema)
-
-    async def _started(self) -> list[_Worker]:
-        async with self._starting:
-            if self._workers is None:
-                count = self.config.prepare_workers
-                self._workers = [await _Worker.start(self.config) for _ in range(count)]
-        return self._workers
 
     def _break(self, exc: BaseException) -> None:
         if self.broken:
@@ -158,7 +179,9 @@ class PrepareWorkers:
         )
 
     async def close(self) -> None:
-        workers, self._workers = self._workers or [], None
+        if self._starting is not None:
+            await self._starting  # a start is short; its processes are then stopped below
+        workers, self._spawned, self._ready = self._spawned, [], []
         await asyncio.gather(*(worker.stop() for worker in workers))
 
 
@@ -182,6 +205,7 @@ def serve(reader: IO[bytes], writer: IO[bytes]) -> None:
 
     try:
         builder = RequestBuilder(read())
+        write((True, None))  # ready
         while True:
             source, url, schema = read()
             try:

@@ -48,6 +48,7 @@ def setup(workers=2):
 async def test_workers_build_the_bytes_the_crawl_thread_builds():
     preparer, workers, stats = setup()
     try:
+        await workers.start()
         pooled = await asyncio.gather(
             *(preparer.prepare_async(ItemAdapter(item), workers) for item in ITEMS)
         )
@@ -58,14 +59,31 @@ async def test_workers_build_the_bytes_the_crawl_thread_builds():
     assert [p.request.body_json for p in pooled] == [p.request.body_json for p in inline]
     assert [p.request.prompt_tokens for p in pooled] == [p.request.prompt_tokens for p in inline]
     assert [p.url for p in pooled] == [item["url"] for item in ITEMS]
-    assert not workers.broken
+    assert stats.get_value("llm_extract/prepare/in_workers") == len(ITEMS)
     assert stats.get_value("llm_extract/prepare/workers_broken") is None
 
 
 @deferred_f_from_coro_f
-async def test_invalid_input_found_in_a_worker_keeps_its_kind_and_the_worker():
-    preparer, workers, _ = setup(workers=1)
+async def test_pages_are_prepared_here_while_the_workers_start():
+    preparer, workers, stats = setup(workers=1)
     try:
+        starting = workers.start()
+        first = await preparer.prepare_async(ItemAdapter(ITEMS[0]), workers)
+        assert not starting.done()  # answered without waiting for the interpreter to start
+        await starting
+        second = await preparer.prepare_async(ItemAdapter(ITEMS[1]), workers)
+    finally:
+        await workers.close()
+    assert first.request.body_json == preparer.prepare(ItemAdapter(ITEMS[0])).request.body_json
+    assert second.request.body_json == preparer.prepare(ItemAdapter(ITEMS[1])).request.body_json
+    assert stats.get_value("llm_extract/prepare/in_workers") == 1
+
+
+@deferred_f_from_coro_f
+async def test_invalid_input_found_in_a_worker_keeps_its_kind_and_the_worker():
+    preparer, workers, stats = setup(workers=1)
+    try:
+        await workers.start()
         with pytest.raises(InvalidInput) as info:
             await preparer.prepare_async(ItemAdapter(Product(html="<p> </p>")), workers)
         assert info.value.kind == "empty_page"
@@ -73,6 +91,7 @@ async def test_invalid_input_found_in_a_worker_keeps_its_kind_and_the_worker():
     finally:
         await workers.close()
     assert prepared.request.body_json == preparer.prepare(ItemAdapter(ITEMS[3])).request.body_json
+    assert stats.get_value("llm_extract/prepare/in_workers") == 1
     assert not workers.broken
 
 
@@ -80,8 +99,8 @@ async def test_invalid_input_found_in_a_worker_keeps_its_kind_and_the_worker():
 async def test_a_dead_worker_hands_the_work_back_to_the_crawl_thread(caplog):
     preparer, workers, stats = setup(workers=1)
     try:
-        await preparer.prepare_async(ItemAdapter(ITEMS[0]), workers)
-        (worker,) = workers._workers or []
+        await workers.start()
+        (worker,) = workers._ready
         worker.process.kill()  # as the OOM killer would
         await worker.process.wait()
         with caplog.at_level(logging.ERROR):
@@ -114,18 +133,22 @@ def test_a_crawl_script_without_a_main_guard_runs_once(tmp_path):
         "class Product(scrapy.Item):\n"
         "    html = scrapy.Field()\n"
         "    title = scrapy.Field()\n"
-        "class Stats:\n"
-        "    def inc_value(self, key, count=1): pass\n"
+        "class Stats(dict):\n"
+        "    def inc_value(self, key, count=1): self[key] = self.get(key, 0) + count\n"
         "async def main():\n"
         "    config = Config.from_settings(Settings({'LLM_EXTRACT_PREPARE_WORKERS': 2}))\n"
-        "    workers = PrepareWorkers(config, Stats())\n"
+        "    workers = PrepareWorkers(config, stats := Stats())\n"
+        "    await workers.start()\n"
         "    item = ItemAdapter(Product(html='<h1>Mug</h1>'))\n"
         "    prepared = await Preparer(config).prepare_async(item, workers)\n"
         "    await workers.close()\n"
-        "    print('prepared', prepared.request.prompt_tokens > 0, workers.broken, flush=True)\n"
+        "    print('prepared', prepared.request.prompt_tokens > 0, dict(stats), flush=True)\n"
         "asyncio.run(main())\n"
     )
     result = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=True
     )
-    assert result.stdout.splitlines() == ["script body ran", "prepared True False"]
+    assert result.stdout.splitlines() == [
+        "script body ran",
+        "prepared True {'llm_extract/prepare/in_workers': 1}",
+    ]
