@@ -8,6 +8,7 @@ reads. Nothing else calls ``settings.get*`` for these names.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -159,32 +160,22 @@ def _data_dir(value: str | os.PathLike[str]) -> Path:
     return Path(data_path(value, createdir=False))
 
 
-def _positive(settings: BaseSettings, name: str, *, integer: bool = True) -> Any:
-    """A positive number from settings (the command line gives strings), None if unset."""
+def _number(settings: BaseSettings, name: str, *, integer: bool = True, zero: bool = False) -> Any:
+    """A number from settings (the command line gives strings), None if unset.
+
+    Positive, or also zero with ``zero``; whole with ``integer``.
+    """
     value = settings.get(name, SETTINGS[name].default)
     if value is None:
         return None
     try:
         number = float(value)
     except (TypeError, ValueError):
-        number = 0.0
-    if isinstance(value, bool) or number <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}.")
-    return int(number) if integer else number
-
-
-def _non_negative(settings: BaseSettings, name: str, *, integer: bool = False) -> Any:
-    """A number, zero allowed, None if unset."""
-    value = settings.get(name, SETTINGS[name].default)
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = -1.0
-    if isinstance(value, bool) or number < 0 or (integer and not number.is_integer()):
+        number = math.nan
+    in_range = number >= 0 if zero else number > 0  # False for NaN
+    if isinstance(value, bool) or not in_range or (integer and not number.is_integer()):
         kind = "a whole number" if integer else "a number"
-        raise ValueError(f"{name} must be {kind} >= 0, got {value!r}.")
+        raise ValueError(f"{name} must be {kind} {'>= 0' if zero else '> 0'}, got {value!r}.")
     return int(number) if integer else number
 
 
@@ -254,7 +245,7 @@ class Config:
                 f"LLM_EXTRACT_REALTIME_FALLBACK must be 'batch' or 'error', got {fallback!r}."
             )
         emulator_dir = get("LLM_EXTRACT_EMULATOR_DIR")
-        workers = _non_negative(settings, "LLM_EXTRACT_PREPARE_WORKERS", integer=True)
+        workers = _number(settings, "LLM_EXTRACT_PREPARE_WORKERS", zero=True)
         return cls(
             model=get("LLM_EXTRACT_MODEL"),
             source_field=get("LLM_EXTRACT_SOURCE_FIELD"),
@@ -264,34 +255,36 @@ class Config:
             output_field=get("LLM_EXTRACT_OUTPUT_FIELD"),
             keep_source=get_bool("LLM_EXTRACT_KEEP_SOURCE"),
             error_field=get("LLM_EXTRACT_ERROR_FIELD"),
-            max_input_tokens=_positive(settings, "LLM_EXTRACT_MAX_INPUT_TOKENS"),
-            max_output_tokens=_positive(settings, "LLM_EXTRACT_MAX_OUTPUT_TOKENS"),
+            max_input_tokens=_number(settings, "LLM_EXTRACT_MAX_INPUT_TOKENS"),
+            max_output_tokens=_number(settings, "LLM_EXTRACT_MAX_OUTPUT_TOKENS"),
             prepare_workers=default_prepare_workers() if workers is None else workers,
             priority_field=get("LLM_EXTRACT_PRIORITY_FIELD"),
             timestamp_field=get("LLM_EXTRACT_TIMESTAMP_FIELD"),
-            realtime_max_age=_positive(settings, "LLM_EXTRACT_REALTIME_MAX_AGE", integer=False),
+            realtime_max_age=_number(settings, "LLM_EXTRACT_REALTIME_MAX_AGE", integer=False),
             router=router,
-            concurrent_requests=_positive(settings, "LLM_EXTRACT_CONCURRENT_REQUESTS"),
-            rpm=_positive(settings, "LLM_EXTRACT_RPM", integer=False),
-            tpm=_positive(settings, "LLM_EXTRACT_TPM", integer=False),
-            timeout=_positive(settings, "LLM_EXTRACT_TIMEOUT", integer=False),
+            concurrent_requests=_number(settings, "LLM_EXTRACT_CONCURRENT_REQUESTS"),
+            rpm=_number(settings, "LLM_EXTRACT_RPM", integer=False),
+            tpm=_number(settings, "LLM_EXTRACT_TPM", integer=False),
+            timeout=_number(settings, "LLM_EXTRACT_TIMEOUT", integer=False),
             max_retries=settings.getint(
                 "LLM_EXTRACT_MAX_RETRIES", SETTINGS["LLM_EXTRACT_MAX_RETRIES"].default
             ),
-            retry_max_time=_positive(settings, "LLM_EXTRACT_RETRY_MAX_TIME", integer=False),
+            retry_max_time=_number(settings, "LLM_EXTRACT_RETRY_MAX_TIME", integer=False),
             realtime_fallback=fallback,
             cache_enabled=get_bool("LLM_EXTRACT_CACHE_ENABLED"),
             cache_dir=_data_dir(get("LLM_EXTRACT_CACHE_DIR")),
             prices=settings.getdict("LLM_EXTRACT_PRICES"),
             spool_dir=_data_dir(get("LLM_EXTRACT_SPOOL_DIR")),
-            batch_max_requests=_positive(settings, "LLM_EXTRACT_BATCH_MAX_REQUESTS"),
-            batch_max_bytes=_positive(settings, "LLM_EXTRACT_BATCH_MAX_BYTES"),
-            batch_max_tokens=_positive(settings, "LLM_EXTRACT_BATCH_MAX_TOKENS"),
+            batch_max_requests=_number(settings, "LLM_EXTRACT_BATCH_MAX_REQUESTS"),
+            batch_max_bytes=_number(settings, "LLM_EXTRACT_BATCH_MAX_BYTES"),
+            batch_max_tokens=_number(settings, "LLM_EXTRACT_BATCH_MAX_TOKENS"),
             submit_on_close=get_bool("LLM_EXTRACT_SUBMIT_ON_CLOSE"),
             submit_early=get_bool("LLM_EXTRACT_SUBMIT_EARLY"),
-            submit_check_delay=_non_negative(settings, "LLM_EXTRACT_SUBMIT_CHECK_DELAY"),
+            submit_check_delay=_number(
+                settings, "LLM_EXTRACT_SUBMIT_CHECK_DELAY", integer=False, zero=True
+            ),
             pass_pending=get_bool("LLM_EXTRACT_PASS_PENDING"),
-            max_attempts=_positive(settings, "LLM_EXTRACT_MAX_ATTEMPTS"),
+            max_attempts=_number(settings, "LLM_EXTRACT_MAX_ATTEMPTS"),
             keep_remote_files=get_bool("LLM_EXTRACT_KEEP_REMOTE_FILES"),
             api_key=get("LLM_EXTRACT_API_KEY"),
             base_url=get("LLM_EXTRACT_BASE_URL"),
