@@ -43,15 +43,27 @@ def run(command: list[str], cwd: Path | None = None, env: dict[str, str] | None 
     subprocess.run(command, cwd=cwd, env=env, check=True)
 
 
+def is_installed(python: Path) -> bool:
+    """Whether the package and its dependencies import in ``python``'s environment.
+
+    Probed from a folder other than the repository's, whose package folder would
+    import from the current directory without anything installed.
+    """
+    probe = subprocess.run(
+        [str(python), "-c", "import scrapy, scrapy_llm_extract"],
+        cwd=python.parent,
+        capture_output=True,
+        check=False,
+    )
+    return probe.returncode == 0
+
+
 def ensure_installed(venv: Path) -> Path:
-    """The virtualenv's python, with scrapy-llm-extract importable from it."""
+    """The virtualenv's python, with scrapy-llm-extract installed in it."""
     python = venv_python(venv)
     if not python.exists():
         run([sys.executable, "-m", "venv", str(venv)])
-    probe = subprocess.run(
-        [str(python), "-c", "import scrapy_llm_extract"], capture_output=True, check=False
-    )
-    if probe.returncode != 0:
+    if not is_installed(python):
         run([str(python), "-m", "pip", "install", "--quiet", "-e", str(REPOSITORY)])
     return python
 

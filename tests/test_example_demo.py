@@ -48,3 +48,16 @@ def test_demo_crawls_collects_and_says_where_the_items_are(tmp_path: Path) -> No
     assert "pip install" not in out and "-m venv" not in out
     # The demo removed the key: the emulator answered, and said so.
     assert "OFFLINE: OPENAI_API_KEY is not set" in result.stderr
+
+
+def test_an_empty_venv_is_not_taken_for_an_install(tmp_path: Path, monkeypatch) -> None:
+    """Run from the repository root, as the README says, the package folder imports from the
+    current directory; the demo must still see that the venv lacks the install."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    monkeypatch.chdir(EXAMPLE.parent)
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    import demo  # the example's own script, imported for its helpers
+
+    assert not demo.is_installed(demo.venv_python(venv))
+    assert demo.is_installed(Path(sys.executable))
