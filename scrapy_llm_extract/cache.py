@@ -2,9 +2,11 @@
 
 Re-crawling the same pages (while developing a spider, or resuming a crawl)
 would otherwise pay again for answers already bought. The key is the sha256 of
-the request body as sent, so a changed model, instruction, schema or page is a
-miss by construction; only answers that parsed into an extraction are stored,
-so a refusal or a cut-off answer is asked again next time.
+the API's base URL and the request body as sent, so a changed model,
+instruction, schema or page is a miss by construction, and so is the same
+request to another endpoint (the offline emulator's answers are never served
+once a real key is set). Only answers that parsed into an extraction are
+stored, so a refusal or a cut-off answer is asked again next time.
 
 SQLite in WAL mode, autocommit (one short transaction per statement) and a
 busy timeout let several crawls share one cache folder. Lookups are local and
@@ -30,15 +32,17 @@ FILENAME = "responses.sqlite3"
 BUSY_TIMEOUT = 30.0
 
 
-def cache_key(body_json: str) -> str:
-    return hashlib.sha256(body_json.encode()).hexdigest()
+def cache_key(endpoint: str, body_json: str) -> str:
+    return hashlib.sha256(f"{endpoint}\n{body_json}".encode()).hexdigest()
 
 
 class ResponseCache:
-    """Chat-completion bodies by request body, in ``<directory>/responses.sqlite3``."""
+    """Chat-completion bodies of one API ``endpoint`` by request body, in
+    ``<directory>/responses.sqlite3``."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, endpoint: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        self.endpoint = endpoint
         self.path = directory / FILENAME
         self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -52,7 +56,7 @@ class ResponseCache:
         """The stored answer to this exact request body, or None."""
         try:
             row = self._db.execute(
-                "SELECT body FROM responses WHERE key = ?", (cache_key(body_json),)
+                "SELECT body FROM responses WHERE key = ?", (self._key(body_json),)
             ).fetchone()
         except sqlite3.Error as exc:
             logger.warning("Response cache %s unreadable (%s); calling the API.", self.path, exc)
@@ -67,12 +71,15 @@ class ResponseCache:
         try:
             self._db.execute(
                 "INSERT OR REPLACE INTO responses (key, body, created) VALUES (?, ?, ?)",
-                (cache_key(body_json), json.dumps(body, ensure_ascii=False), time.time()),
+                (self._key(body_json), json.dumps(body, ensure_ascii=False), time.time()),
             )
         except sqlite3.Error as exc:
             logger.warning(
                 "Response cache %s not writable (%s); answer not cached.", self.path, exc
             )
+
+    def _key(self, body_json: str) -> str:
+        return cache_key(self.endpoint, body_json)
 
     def close(self) -> None:
         self._db.close()

@@ -145,7 +145,8 @@ class RealtimeExtractor:
         self.client = client or async_client(config)
         self.retry = RetryPolicy.from_config(config)
         self.limiter = RateLimiter(config.rpm, config.tpm)
-        self.cache = ResponseCache(config.cache_dir) if config.cache_enabled else None
+        endpoint = str(self.client.base_url)
+        self.cache = ResponseCache(config.cache_dir, endpoint) if config.cache_enabled else None
         self._slots = asyncio.Semaphore(config.concurrent_requests)
         self._model = model_info(config.model, config.prices)
 
