@@ -104,6 +104,17 @@ _DROP_JSON_KEYS = frozenset(
         "mainEntityOfPage", "priceValidUntil", "isPartOf", "position",
     }
 )  # fmt: skip
+#: Top-level JSON-LD types about the site, not the product (dropped unless a product is inside).
+_SITE_JSON_TYPES = frozenset(
+    {
+        "WebSite", "WebPage", "ImageObject", "SearchAction", "SiteNavigationElement",
+        "WPHeader", "WPFooter", "WPSideBar", "Organization", "Corporation", "LocalBusiness",
+        "OnlineStore", "Store", "Person", "VideoObject", "FAQPage", "ContactPoint",
+    }
+)  # fmt: skip
+_PRODUCT_JSON_TYPES = frozenset(
+    {"Product", "ProductGroup", "IndividualProduct", "ProductModel", "Offer", "AggregateOffer"}
+)
 _REVIEW_KEYS = frozenset({"review", "reviews"})
 #: JSON-LD and meta keys holding prose, dropped when the visible text repeats it.
 _PROSE_KEYS = frozenset(
@@ -302,6 +313,8 @@ def _compact_json(value: Any, visible: str = "", top: bool = True) -> Any:
     if isinstance(value, str):
         return _compact_string(value)
     if isinstance(value, dict):
+        if top and _is_site_node(value):
+            return None
         out: dict[str, Any] = {}
         for key, item in value.items():
             if key in _DROP_JSON_KEYS or (key == "@type" and not top):
@@ -329,6 +342,27 @@ def _compact_json(value: Any, visible: str = "", top: bool = True) -> Any:
             return None
         return items[0] if len(items) == 1 else _name_value_table(items)
     return value
+
+
+def _is_site_node(node: dict[str, Any]) -> bool:
+    """A top-level node about the site or page (WebSite, Organization, ImageObject...) that
+    holds no product data: the shop's address and logo are not what is extracted."""
+    return all(kind in _SITE_JSON_TYPES for kind in _types(node)) and not _has_product(node)
+
+
+def _types(node: dict[str, Any]) -> list[Any]:
+    kinds = node.get("@type")
+    return kinds if isinstance(kinds, list) else [kinds]
+
+
+def _has_product(value: Any) -> bool:
+    if isinstance(value, dict):
+        if any(kind in _PRODUCT_JSON_TYPES for kind in _types(value)) or "offers" in value:
+            return True
+        return any(_has_product(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_has_product(item) for item in value)
+    return False
 
 
 def _compact_string(value: str) -> str | None:

@@ -61,6 +61,23 @@ def test_json_ld_is_kept_compact_without_urls_context_or_extra_reviews():
     assert ", " not in line and ": " not in line.removeprefix("ld+json: ")
 
 
+def test_json_ld_about_the_site_is_dropped_unless_it_holds_the_product():
+    site = {"@type": "WebSite", "name": "Acme Shop", "potentialAction": {"@type": "SearchAction"}}
+    shop = {"@type": ["Organization", "OnlineStore"], "name": "Acme", "telephone": "0123"}
+    page_with_product = {"@type": "WebPage", "mainEntity": {"@type": "Product", "sku": "MUG-1"}}
+    graph = {"@graph": [site, {"@type": "Product", "name": "Blue mug"}, shop]}
+    head = "".join(
+        f'<script type="application/ld+json">{json.dumps(block)}</script>'
+        for block in (site, shop, page_with_product, graph)
+    )
+    lines = slim_page(page("<h1>Mug</h1>", head)).structured.splitlines()
+    assert lines[:2] == [
+        'ld+json: {"@type":"WebPage","mainEntity":{"sku":"MUG-1"}}',
+        'ld+json: {"@graph":{"@type":"Product","name":"Blue mug"}}',
+    ]
+    assert not any("Acme" in line for line in lines)
+
+
 def test_descriptions_the_visible_text_repeats_are_sent_once():
     description = "A hand-thrown stoneware mug with a deep blue glaze, 350 ml, dishwasher safe."
     ld = {
