@@ -514,8 +514,8 @@ class _TextWriter:
         A run of UI lines that differ only by a counter ("Go to slide 1", "Go to slide 2")
         keeps its first; short ones ("Size 7", "Size 8") are content and stay.
         """
-        if not _ALNUM.search(line) or line in self.seen:
-            return
+        if not _ALNUM.search(line) or line in self.seen or _URL.match(line):
+            return  # a bare URL (image links printed as text) holds nothing to extract
         self.seen.add(line)
         numbers = _INTEGER.findall(line)
         if len(numbers) == 1 and len(_WORD.findall(line)) >= COUNTER_MIN_WORDS:

@@ -78,6 +78,20 @@ def test_json_ld_about_the_site_is_dropped_unless_it_holds_the_product():
     assert not any("Acme" in line for line in lines)
 
 
+def test_bare_urls_in_the_visible_text_are_dropped():
+    body = (
+        "<dl><dt>thumb_Bone:</dt><dd>https://cdn.example/160x160/5001_BONE.jpg</dd>"
+        "<dt>path:</dt><dd>/images/5001/bone.jpg</dd>"
+        "<dt>Care:</dt><dd>See https://shop.example/care for washing</dd></dl>"
+    )
+    assert slim_page(page(body)).text.splitlines() == [
+        "thumb_Bone:",
+        "path:",
+        "Care:",
+        "See https://shop.example/care for washing",
+    ]
+
+
 def test_descriptions_the_visible_text_repeats_are_sent_once():
     description = "A hand-thrown stoneware mug with a deep blue glaze, 350 ml, dishwasher safe."
     ld = {
