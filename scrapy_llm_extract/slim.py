@@ -76,7 +76,13 @@ _HTML_SNIFF = re.compile(
     r"<(?:!doctype|html|head|body|meta|script|style|title|div|span|p|a|ul|li|table|h[1-6]|br|img)\b",
     re.IGNORECASE,
 )
-_BOILERPLATE_ID = re.compile(r"cookie|consent|gdpr|onetrust|didomi|cookiebot", re.IGNORECASE)
+#: id/class of banners and of other products' carousels (related, cross-sells, recently
+#: viewed): other products' names and prices would only mislead the model.
+_BOILERPLATE_ID = re.compile(
+    r"cookie|consent|gdpr|onetrust|didomi|cookiebot"
+    r"|(?<![a-z])(?:related|up[-_]?sells?|cross[-_]?sells?|recently[-_]?viewed)(?![a-z])",
+    re.IGNORECASE,
+)
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
 
 _SKIP_TAGS = frozenset(

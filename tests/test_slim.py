@@ -211,6 +211,19 @@ def test_boilerplate_menus_banners_and_repeated_lines_are_dropped():
     )
 
 
+def test_other_products_carousels_are_dropped():
+    others = "".join(f"<li><h3>Red mug {n}</h3><p>9,99 €</p></li>" for n in range(4))
+    body = (
+        "<main><h1>Blue mug</h1><p>12,99 €</p>"
+        '<p class="price-unrelated-note">Incl. VAT</p>'
+        f'<section class="product-related"><h2>You may also like</h2><ul>{others}</ul></section>'
+        f'<div id="cross-sell"><ul>{others}</ul></div>'
+        f'<div class="block upsell"><ul>{others}</ul></div>'
+        f'<div class="recently_viewed"><ul>{others}</ul></div></main>'
+    )
+    assert slim_page(page(body)).text == "# Blue mug\n12,99 €\nIncl. VAT"
+
+
 @pytest.mark.parametrize(
     ("source", "kwargs"),
     [
