@@ -47,7 +47,9 @@ the config changes; "first N" means calls 1..N, "every N" calls N, 2N, ...:
   rows has results, the rest are ``batch_expired`` rows), ``fail_batches``
   (an error code: every batch fails validation with it), ``row_error_every``
   (every Nth row gets a status 500 row in the error file), ``upload_error_first``
-  (the first N uploads answer 500);
+  (the first N uploads answer 500), ``late_result_files_first`` (the first N
+  retrievals of a completed or expired batch show it without its result files,
+  as OpenAI has been seen to do);
 - real-time faults, over chat-completions calls: ``latency`` (seconds),
   ``rate_limit_first`` / ``rate_limit_every`` (429 ``rate_limit_exceeded`` with
   ``Retry-After: retry_after``), ``server_error_first`` / ``server_error_every``

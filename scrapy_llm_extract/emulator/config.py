@@ -48,6 +48,8 @@ class EmulatorConfig:
     fail_batches: str | None = None
     row_error_every: int = 0
     upload_error_first: int = 0
+    #: The first N looks at a completed or expired batch show no result files yet.
+    late_result_files_first: int = 0
     # Real-time faults (counted over chat-completions calls).
     latency: float = 0.0
     rate_limit_first: int = 0

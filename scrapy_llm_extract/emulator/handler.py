@@ -325,7 +325,12 @@ class Emulator:
     def _get_batch(
         self, request: EmulatorRequest, config: EmulatorConfig, batch_id: str
     ) -> EmulatorResponse:
-        return EmulatorResponse.json(*self.batches.get(batch_id))
+        status, body = self.batches.get(batch_id)
+        if config.late_result_files_first and body.get("status") in ("completed", "expired"):
+            number = self._counters.next("final_view", self.config_source.generation)
+            if number <= config.late_result_files_first:
+                body = {**body, "output_file_id": None, "error_file_id": None}
+        return EmulatorResponse.json(status, body)
 
     def _cancel_batch(
         self, request: EmulatorRequest, config: EmulatorConfig, batch_id: str
