@@ -208,6 +208,24 @@ def _whole_lines(data: bytes) -> Iterator[bytes]:
     return (line for line in data.split(b"\n") if line.strip())
 
 
+def _results_ready(batch: Any) -> bool:
+    """A final batch whose result files are attached. OpenAI has been seen to report
+    ``completed`` before it attaches them: joining then would take every row for missing."""
+    if batch.status not in FINAL or batch.status == "failed":
+        return False
+    if batch.output_file_id or batch.error_file_id:
+        return True
+    counts = batch.request_counts
+    if counts and counts.completed + counts.failed:
+        logger.info(
+            "Batch %s is %s but has no result files yet; looking again later.",
+            batch.id,
+            batch.status,
+        )
+        return False
+    return True
+
+
 def _age_hours(batch: Any, now: float) -> float:
     return max(now - float(batch.created_at or now), 0.0) / 3600
 
@@ -341,7 +359,7 @@ class Collector:
         await self._submit_pending(run)
         for name in run.manifest.with_status(SUBMITTED):
             batch = await self._poll(run, name)
-            if batch is not None and batch.status in FINAL and batch.status != "failed":
+            if batch is not None and _results_ready(batch):
                 async for item in self._collect_file(run, index, name, batch):
                     yield item
         for name in run.manifest.with_status(PENDING):

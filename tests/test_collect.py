@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from scrapy.settings import Settings
 from scrapy.utils.defer import deferred_f_from_coro_f
@@ -217,3 +218,20 @@ def test_status_table_lists_runs_and_batches_and_changes_nothing(tmp_path, emula
     assert run.run_id in table
     assert "pending" in table
     assert (run.path / "manifest.json").read_bytes() == before
+
+
+@deferred_f_from_coro_f
+async def test_a_batch_completed_before_its_result_files_is_joined_once_they_exist(
+    tmp_path, emulator, caplog
+):
+    emulator.configure(late_result_files_first=2)
+    conf = settings(tmp_path, emulator)
+    run = spool(conf, [product(n) for n in range(6)])
+    with caplog.at_level(logging.INFO, logger="scrapy_llm_extract"):
+        crawler = await collect(conf, wait=True, poll_interval=0.01)
+    assert stat(crawler, "rows/extracted") == 6
+    assert stat(crawler, "rows/retried") is None
+    assert stat(crawler, "rows/failed") is None
+    assert failures(run) == []
+    assert caplog.text.count("has no result files yet") == 2
+    assert len(feed(tmp_path / "out.jsonl")) == 6
