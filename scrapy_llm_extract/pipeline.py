@@ -57,7 +57,7 @@ class LLMExtractPipeline:
     async def open_spider(self) -> None:
         self.router = resolve_router(self.config, self.crawler.spider)
         self.replaying = bool(getattr(self.crawler.spider, REPLAY_ATTRIBUTE, False))
-        if self.config.prepare_workers and not self.replaying:
+        if not self.replaying:
             self.workers.start()  # up by the time the first pages arrive
 
     async def close_spider(self) -> None:
@@ -82,7 +82,7 @@ class LLMExtractPipeline:
             self.stats.inc_value("llm_extract/skipped/no_source")
             return item
         try:
-            prepared = await self._prepare(adapter)
+            prepared = await self.preparer.prepare_async(adapter, self.workers)
         except InvalidInput as exc:
             return self._pass_invalid(item, adapter, exc)
         except SchemaError as exc:
@@ -99,11 +99,6 @@ class LLMExtractPipeline:
             return self._realtime_failed(item, adapter, prepared, outcome)
         assert route == BATCH
         return self._spool(item, prepared)
-
-    async def _prepare(self, adapter: ItemAdapter) -> Prepared:
-        if self.config.prepare_workers:
-            return await self.preparer.prepare_async(adapter, self.workers)
-        return self.preparer.prepare(adapter)
 
     def _merge(self, adapter: ItemAdapter, outcome: Extracted) -> None:
         rejected = merge_extracted(adapter, outcome.fields, self.config)

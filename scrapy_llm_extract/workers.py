@@ -153,7 +153,8 @@ class PrepareWorkers:
         url: str | None,
         schema: ExtractionSchema,
     ) -> ExtractionRequest:
-        """build_request() in a worker, or with ``builder`` here while none is up."""
+        """build_request() in a worker, or with ``builder`` here while none is up (or none
+        is configured)."""
         self.start()
         if self._ready and not self.broken:
             worker = min(self._ready, key=lambda w: len(w.pending))

@@ -1,9 +1,12 @@
 """The pipeline's own decisions, on items that never reach the API."""
 
+import json
 import logging
 
 import pytest
 import scrapy
+from itemadapter import ItemAdapter
+from scrapy.exceptions import DropItem
 from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.test import get_crawler
 
@@ -89,6 +92,23 @@ async def test_router_answers_outside_the_three_routes_are_errors(tmp_path):
     with pytest.raises(ValueError, match="must return one of realtime, batch, skip"):
         await pipeline.process_item(Product(html="<p>page</p>"))
     await pipeline.close_spider()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@deferred_f_from_coro_f
+async def test_batch_items_are_spooled_alike_with_or_without_prepare_workers(tmp_path, workers):
+    crawler, pipeline = await open_pipeline(tmp_path, LLM_EXTRACT_PREPARE_WORKERS=workers)
+    await pipeline.workers.start()
+    item = Product(url="https://shop.example/1", html="<h1>Blue mug</h1><p>12,99 €</p>")
+    with pytest.raises(DropItem, match="spooled"):
+        await pipeline.process_item(item)
+    await pipeline.close_spider()
+    assert pipeline.spool.run is not None
+    (requests_file,) = pipeline.spool.run.path.glob("requests-*.jsonl")
+    row = json.loads(requests_file.read_bytes())
+    expected = pipeline.preparer.prepare(ItemAdapter(item)).request.body_json
+    assert json.dumps(row["body"], ensure_ascii=False, separators=(",", ":")) == expected
+    assert crawler.stats.get_value("llm_extract/prepare/in_workers") == (workers or None)
 
 
 def test_addon_enables_pipeline_and_extension():
