@@ -119,7 +119,7 @@ class Preparer:
         return Prepared(build_request(self.builder, source, url, schema), schema, url)
 
     async def prepare_async(self, adapter: ItemAdapter, workers: PrepareWorkers) -> Prepared:
-        """prepare(), with the slimming and counting done in worker processes."""
+        """prepare(), slimming and counting in the worker processes when they are up."""
         source, url, schema = self.inputs(adapter)
         request = await workers.build(self.builder, source, url, schema)
         return Prepared(request, schema, url)
