@@ -33,6 +33,7 @@ from typing import Any
 
 import scrapy
 from itemadapter import ItemAdapter
+from mug_pages import page  # bench/ is on sys.path when a benchmark runs
 
 from scrapy_llm_extract.client import sync_client
 from scrapy_llm_extract.collect import CollectOptions, Collector, replay_spider
@@ -54,15 +55,6 @@ class Product(scrapy.Item):
     price = scrapy.Field()
     currency = scrapy.Field()
     sku = scrapy.Field()
-
-
-def page(n: int) -> str:
-    return (
-        '<html><head><script type="application/ld+json">{"@type": "Product",'
-        f' "name": "Mug {n}", "sku": "MUG-{n}", "offers": {{"price": "{10 + n}.99",'
-        f' "priceCurrency": "EUR"}}}}</script></head><body><h1>Mug {n}</h1>'
-        f"<p>Price {10 + n},99 EUR. A blue mug, dishwasher safe.</p></body></html>"
-    )
 
 
 def settings(folder: Path) -> dict[str, Any]:

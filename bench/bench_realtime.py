@@ -23,6 +23,7 @@ from typing import Any
 import openai
 import scrapy
 from itemadapter import ItemAdapter
+from mug_pages import page  # bench/ is on sys.path when a benchmark runs
 from scrapy import signals
 from scrapy.crawler import Crawler
 from scrapy.settings import Settings
@@ -48,15 +49,6 @@ class Product(scrapy.Item):
     price = scrapy.Field()
     currency = scrapy.Field()
     sku = scrapy.Field()
-
-
-def page(n: int) -> str:
-    return (
-        '<html><head><script type="application/ld+json">{"@type": "Product",'
-        f' "name": "Mug {n}", "sku": "MUG-{n}", "offers": {{"price": "{10 + n}.99",'
-        f' "priceCurrency": "EUR"}}}}</script></head><body><h1>Mug {n}</h1>'
-        f"<p>Price {10 + n},99 EUR. A blue mug, dishwasher safe.</p></body></html>"
-    )
 
 
 class BenchSpider(scrapy.Spider):
