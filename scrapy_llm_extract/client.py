@@ -9,6 +9,7 @@ run still exercises the real SDK end to end.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import httpx2
@@ -20,8 +21,27 @@ EMULATOR_BASE_URL = "http://emulator.invalid/v1"
 EMULATOR_API_KEY = "sk-emulator"
 
 
+#: What an OpenAI-style secret key looks like, whole or cut short in a server's message.
+_KEY_PATTERN = re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}")
+
+
+def api_key(config: Config) -> str | None:
+    """The configured key, stripped: keys read from mounted secret files end in a newline,
+    which httpx refuses in a header and then prints, key and all, in its error."""
+    key = (config.api_key or os.environ.get("OPENAI_API_KEY") or "").strip()
+    return key or None
+
+
+def redact(text: str, key: str | None = None) -> str:
+    """``text`` without the API key: exception texts and server messages may quote it."""
+    if key:
+        text = text.replace(key, "[API key]")
+    return _KEY_PATTERN.sub("[API key]", text)
+
+
 def _client_options(config: Config, asynchronous: bool) -> dict[str, Any]:
     options: dict[str, Any] = {"max_retries": 0, "timeout": config.timeout}
+    key = api_key(config)
     if config.emulator_dir is not None:
         from .emulator import emulator_transport
 
@@ -29,10 +49,10 @@ def _client_options(config: Config, asynchronous: bool) -> dict[str, Any]:
         client_class = httpx2.AsyncClient if asynchronous else httpx2.Client
         options["http_client"] = client_class(transport=transport)
         options["base_url"] = config.base_url or EMULATOR_BASE_URL
-        options["api_key"] = config.api_key or EMULATOR_API_KEY
+        options["api_key"] = key or EMULATOR_API_KEY
         return options
-    if config.api_key:
-        options["api_key"] = config.api_key
+    if key:
+        options["api_key"] = key
     if config.base_url:
         options["base_url"] = config.base_url
     return options
@@ -43,7 +63,7 @@ class MissingAPIKey(RuntimeError):
 
 
 def _require_key(options: dict[str, Any]) -> None:
-    if "api_key" not in options and not os.environ.get("OPENAI_API_KEY"):
+    if "api_key" not in options:
         raise MissingAPIKey(
             "No OpenAI API key: set LLM_EXTRACT_API_KEY or the OPENAI_API_KEY environment"
             " variable (or LLM_EXTRACT_EMULATOR_DIR to run offline against the emulator)."

@@ -24,7 +24,7 @@ import openai
 from scrapy.utils.asyncio import is_asyncio_available
 
 from .cache import ResponseCache
-from .client import async_client
+from .client import async_client, redact
 from .config import Config
 from .models import cost_usd, model_info
 from .results import (
@@ -251,8 +251,7 @@ class RealtimeExtractor:
 
     def _redact(self, text: str) -> str:
         """Server messages may quote the key (401s do, partly): never let it reach a log."""
-        key = self.client.api_key
-        return text.replace(key, "[API key]") if key else text
+        return redact(text, self.client.api_key)
 
     def _count_usage(self, usage: Usage) -> None:
         self._inc("input_tokens", usage.prompt_tokens)
