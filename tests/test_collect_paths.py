@@ -41,7 +41,7 @@ DOWNLOAD_SLICE = 1 << 20
 @dataclass
 class Project:
     """A Scrapy project whose pipelines are the extraction pipeline alone; the feed is
-    given on the command line (``-o items.jsonl``), as users would."""
+    given on the command line (``-O items.jsonl``), as users would."""
 
     path: Path
     settings: dict[str, Any]
