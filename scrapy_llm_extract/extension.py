@@ -130,16 +130,21 @@ class BatchSubmitExtension:
             ("realtime_input_cost_usd", realtime_cost),
         ):
             stats.set_value(f"llm_extract/batch/{key}", rounded_usd(cost))
+        if batch_cost is None or realtime_cost is None:
+            estimate = "Input cost unknown: no price for the model (see LLM_EXTRACT_PRICES)."
+        else:
+            estimate = (
+                f"Estimated input cost ${format_usd(batch_cost)} at batch prices"
+                f" (${format_usd(realtime_cost)} in real time); output tokens are billed on top"
+                " and not estimated."
+            )
         logger.info(
-            "Batch spool %s: %d row(s), %d prompt tokens, %d file(s): %d submitted, %d pending."
-            " Estimated input cost $%s at batch prices ($%s in real time); output tokens are"
-            " billed on top and not estimated.",
+            "Batch spool %s: %d row(s), %d prompt tokens, %d file(s): %d submitted, %d pending. %s",
             run.path,
             self.spool.rows,
             tokens,
             len(files),
             submitted,
             pending,
-            format_usd(batch_cost),
-            format_usd(realtime_cost),
+            estimate,
         )

@@ -1,14 +1,17 @@
-"""gpt-5-nano end to end against the emulator: a crawl in real time, then batch collection.
+"""Model families end to end against the emulator: crawls in real time, then batch collection.
 
-The emulator refuses what reasoning models refuse (temperature 0, max_tokens), so
-these tests fail if either path sends a body built for another family.
+gpt-5-nano stands for the reasoning models. The emulator refuses what reasoning models
+refuse (temperature 0, max_tokens), so these tests fail if either path sends a body built
+for another family.
 """
 
 import json
+import logging
 
 import pytest
 from scrapy.utils.defer import deferred_f_from_coro_f
 
+from scrapy_llm_extract.collect import RunSummary, summary_table
 from scrapy_llm_extract.emulator.answers import REASONING_TOKENS
 from scrapy_llm_extract.models import REASONING_ALLOWANCE
 from scrapy_llm_extract.spool import Run, list_runs
@@ -39,7 +42,8 @@ async def test_a_crawl_extracts_urgent_items_in_real_time_and_spools_the_rest(
         LLM_EXTRACT_MODEL=MODEL,
         LLM_EXTRACT_SCHEMA="tests.test_realtime_crawl.Product",
         LLM_EXTRACT_SUBMIT_CHECK_DELAY=0,
-        ITEM_PIPELINES={"scrapy_llm_extract.LLMExtractPipeline": 300},
+        ADDONS={"scrapy_llm_extract.Addon": 100},
+        ITEM_PIPELINES={},  # the add-on's own: the crawl's items have no "checked" field
     )
     pages = [(local_site.url(f"/product/{n}"), "high" if n <= 3 else "low") for n in range(1, 7)]
     crawler, recorder = await crawl(conf, pages)
@@ -59,7 +63,7 @@ async def test_a_crawl_extracts_urgent_items_in_real_time_and_spools_the_rest(
     )
     assert [generation_params(raw) for raw in emulator.requests()] == [REASONING_BODY] * 3
 
-    # Batch: the three other items were submitted at close with the same body shape.
+    # Batch: the three other items were spooled and submitted with the same body shape.
     (run,) = list_runs(tmp_path / "spool")
     rows = [row for name in run.manifest.files for row in run.iter_requests(name)]
     assert [generation_params(json.dumps(row["body"])) for row in rows] == [REASONING_BODY] * 3
@@ -97,3 +101,45 @@ async def test_rows_escalated_to_a_reasoning_model_are_reshaped_for_it(tmp_path,
     ]
     assert [body["model"] for body in bodies] == [MODEL] * 4
     assert all(generation_params(json.dumps(body)) == REASONING_BODY for body in bodies)
+
+
+@deferred_f_from_coro_f
+async def test_an_unknown_model_costs_unknown_not_zero_and_is_named_once(
+    tmp_path, local_site, emulator, caplog
+):
+    model = "gpt-4o-mimi"  # not used elsewhere: the warning is once per process
+    conf = settings(
+        tmp_path,
+        emulator,
+        LLM_EXTRACT_MODEL=model,
+        LLM_EXTRACT_SCHEMA="tests.test_realtime_crawl.Product",
+        LLM_EXTRACT_SUBMIT_CHECK_DELAY=0,
+        LLM_EXTRACT_PREPARE_WORKERS=0,
+        ADDONS={"scrapy_llm_extract.Addon": 100},
+        ITEM_PIPELINES={},  # the add-on's own: the crawl's items have no "checked" field
+    )
+    pages = [(local_site.url("/product/1"), "high"), (local_site.url("/product/2"), "low")]
+    with caplog.at_level(logging.INFO):
+        crawler, _ = await crawl(conf, pages)
+    stats = crawler.stats.get_stats()
+    assert stats["llm_extract/realtime/succeeded"] == 1
+    assert "llm_extract/realtime/cost_usd" in stats
+    assert stats["llm_extract/realtime/cost_usd"] is None
+    assert stats["llm_extract/batch/input_cost_usd"] is None
+    assert stats["llm_extract/batch/realtime_input_cost_usd"] is None
+    messages = [r.getMessage() for r in caplog.records]
+    warned = [m for m in messages if m.startswith(f"Model {model!r} is not in")]
+    assert len(warned) == 1 and "LLM_EXTRACT_PRICES" in warned[0]
+    assert any(
+        "Input cost unknown: no price for the model (see LLM_EXTRACT_PRICES)." in m
+        for m in messages
+    )
+    collected = await collect(conf)
+    assert collected.stats.get_value("llm_extract/collect/rows/extracted") == 1
+    assert "llm_extract/collect/cost_usd" in collected.stats.get_stats()
+    assert collected.stats.get_value("llm_extract/collect/cost_usd") is None
+
+
+def test_the_summary_table_shows_an_unknown_cost_as_unknown():
+    table = summary_table({"run-1": RunSummary(rows=1, cost_usd=None, realtime_cost_usd=None)})
+    assert table.splitlines()[1].split()[8:10] == ["unknown", "unknown"]
