@@ -46,7 +46,14 @@ from .config import Config
 from .extraction import ExtractionSchema, Prepared
 from .items import merge_extracted, rebuild_item
 from .manifest import PENDING, SUBMITTED, utc_now
-from .models import cost_usd, model_info
+from .models import (
+    add_costs,
+    cost_usd,
+    format_usd,
+    model_info,
+    retarget,
+    rounded_usd,
+)
 from .prompt import ExtractionRequest, dump_json
 from .results import (
     BATCH_CANCELLED,
@@ -109,8 +116,9 @@ class RunSummary:
     realtime: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
-    cost_usd: float = 0.0
-    realtime_cost_usd: float = 0.0
+    #: None: a model's price is unknown (see models.cost_usd).
+    cost_usd: float | None = 0.0
+    realtime_cost_usd: float | None = 0.0
     done: bool = False
 
 
@@ -579,8 +587,10 @@ class Collector:
             if found is None or found[0] != "retry":
                 continue
             record = found[1]
-            body = request["body"]
-            body["model"] = model
+            # Another model may be of another family: its own generation parameters.
+            body = retarget(
+                request["body"], model, self.config.max_output_tokens, self.config.reasoning_effort
+            )
             if record.pop("failure") not in NEVER_RAN:
                 record["attempt"] = int(record["attempt"]) + 1
             record["model"] = model
@@ -681,8 +691,8 @@ class Collector:
         )
         summary.input_tokens += usage.prompt_tokens
         summary.output_tokens += usage.completion_tokens
-        summary.cost_usd += batch_cost
-        summary.realtime_cost_usd += realtime_cost
+        summary.cost_usd = add_costs(summary.cost_usd, batch_cost)
+        summary.realtime_cost_usd = add_costs(summary.realtime_cost_usd, realtime_cost)
 
     def _publish_usage(self) -> None:
         """Tokens and costs into the stats (per file, not per row: rows are the hot loop)."""
@@ -690,10 +700,10 @@ class Collector:
         for key, value in (
             ("tokens/input", sum(s.input_tokens for s in totals)),
             ("tokens/output", sum(s.output_tokens for s in totals)),
-            ("cost_usd", round(sum(s.cost_usd for s in totals), 6)),
-            ("realtime_cost_usd", round(sum(s.realtime_cost_usd for s in totals), 6)),
+            ("cost_usd", rounded_usd(add_costs(*(s.cost_usd for s in totals)))),
+            ("realtime_cost_usd", rounded_usd(add_costs(*(s.realtime_cost_usd for s in totals)))),
         ):
-            if value:
+            if value != 0:  # None (unknown price) is shown
                 self.stats.set_value(f"{STATS_PREFIX}/{key}", value)
 
     def _inc(self, name: str, count: int = 1) -> None:
@@ -742,8 +752,8 @@ def summary_table(summaries: dict[str, RunSummary]) -> str:
             str(s.realtime),
             str(s.input_tokens),
             str(s.output_tokens),
-            f"{s.cost_usd:.4f}",
-            f"{s.realtime_cost_usd:.4f}",
+            format_usd(s.cost_usd),
+            format_usd(s.realtime_cost_usd),
             "yes" if s.done else "no",
         ]
         for run_id, s in summaries.items()
@@ -798,7 +808,7 @@ def status_table(settings: BaseSettings, options: CollectOptions) -> str:
                         tokens = f"{used.input_tokens}+{used.output_tokens}"
                         info = model_info(entry["model"], config.prices)
                         spent = cost_usd(info, used.input_tokens, used.output_tokens, batch=True)
-                        cost = f"{spent:.4f}"
+                        cost = format_usd(spent)
                 cells = [str(entry["rows"]), done, failed, age, tokens, cost]
                 rows.append([run.run_id, state, name, status, *cells])
             if not manifest.files:

@@ -20,7 +20,7 @@ from scrapy import signals
 from .client import MissingAPIKey, async_client
 from .config import Config
 from .manifest import PENDING, SUBMITTED
-from .models import cost_usd, model_info
+from .models import add_costs, cost_usd, format_usd, model_info, rounded_usd
 from .retry import RetryPolicy
 from .spool import Run, Spool, claim_dead_runs
 from .submit import Submitter
@@ -114,28 +114,37 @@ class BatchSubmitExtension:
         files = run.manifest.files.values()
         submitted = sum(1 for entry in files if entry["status"] == SUBMITTED)
         pending = sum(1 for entry in files if entry["status"] == PENDING)
-        batch_cost = realtime_cost = 0.0
+        batch_cost: float | None = 0.0
+        realtime_cost: float | None = 0.0
         for model, tokens in self.spool.tokens_by_model.items():
             info = model_info(model, self.config.prices)
-            batch_cost += cost_usd(info, tokens, 0, batch=True)
-            realtime_cost += cost_usd(info, tokens, 0)
+            batch_cost = add_costs(batch_cost, cost_usd(info, tokens, 0, batch=True))
+            realtime_cost = add_costs(realtime_cost, cost_usd(info, tokens, 0))
         tokens = sum(self.spool.tokens_by_model.values())
         stats = self.crawler.stats
         assert stats is not None
         stats.set_value("llm_extract/batch/batches_submitted", submitted)
         stats.set_value("llm_extract/batch/files_pending", pending)
-        stats.set_value("llm_extract/batch/input_cost_usd", round(batch_cost, 6))
-        stats.set_value("llm_extract/batch/realtime_input_cost_usd", round(realtime_cost, 6))
+        for key, cost in (
+            ("input_cost_usd", batch_cost),
+            ("realtime_input_cost_usd", realtime_cost),
+        ):
+            stats.set_value(f"llm_extract/batch/{key}", rounded_usd(cost))
+        if batch_cost is None or realtime_cost is None:
+            estimate = "Input cost unknown: no price for the model (see LLM_EXTRACT_PRICES)."
+        else:
+            estimate = (
+                f"Estimated input cost ${format_usd(batch_cost)} at batch prices"
+                f" (${format_usd(realtime_cost)} in real time); output tokens are billed on top"
+                " and not estimated."
+            )
         logger.info(
-            "Batch spool %s: %d row(s), %d prompt tokens, %d file(s): %d submitted, %d pending."
-            " Estimated input cost $%.4f at batch prices ($%.4f in real time); output tokens are"
-            " billed on top and not estimated.",
+            "Batch spool %s: %d row(s), %d prompt tokens, %d file(s): %d submitted, %d pending. %s",
             run.path,
             self.spool.rows,
             tokens,
             len(files),
             submitted,
             pending,
-            batch_cost,
-            realtime_cost,
+            estimate,
         )

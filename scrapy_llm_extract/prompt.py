@@ -17,7 +17,7 @@ from functools import cached_property
 from typing import Any
 
 from .config import Config
-from .models import model_info
+from .models import model_info, request_params
 from .schema import response_format
 from .slim import SlimPage
 from .tokens import count_tokens, truncate_to_tokens
@@ -65,11 +65,15 @@ class RequestBuilder:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._instruction_tokens = count_tokens(config.instructions, config.model)
+        #: What the model's family takes besides the messages (see models.request_params).
+        self.params = request_params(
+            config.model, config.max_output_tokens, config.reasoning_effort
+        )
         context = model_info(config.model, config.prices).context_window
         room = (
             context
             - self._instruction_tokens
-            - config.max_output_tokens
+            - self.params["max_completion_tokens"]
             - 2 * TOKENS_PER_MESSAGE
             - REPLY_PRIMING_TOKENS
             - SAFETY_MARGIN_TOKENS
@@ -87,8 +91,7 @@ class RequestBuilder:
                 {"role": "user", "content": content},
             ],
             "response_format": response_format(schema, schema_name),
-            "max_completion_tokens": self.config.max_output_tokens,
-            "temperature": 0,
+            **self.params,
         }
         prompt_tokens = (
             self._instruction_tokens + page_tokens + 2 * TOKENS_PER_MESSAGE + REPLY_PRIMING_TOKENS

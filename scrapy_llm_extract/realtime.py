@@ -26,7 +26,7 @@ from scrapy.utils.asyncio import is_asyncio_available
 from .cache import ResponseCache
 from .client import async_client, redact
 from .config import Config
-from .models import cost_usd, model_info
+from .models import add_costs, cost_usd, model_info
 from .results import (
     API_ERROR,
     CONNECTION,
@@ -257,6 +257,8 @@ class RealtimeExtractor:
         self._inc("input_tokens", usage.prompt_tokens)
         self._inc("output_tokens", usage.completion_tokens)
         self._inc("cached_tokens", usage.cached_tokens)
+        if usage.reasoning_tokens:  # reasoning models only
+            self._inc("reasoning_tokens", usage.reasoning_tokens)
         cost = cost_usd(
             self._model,
             usage.prompt_tokens,
@@ -264,7 +266,8 @@ class RealtimeExtractor:
             cached_tokens=usage.cached_tokens,
         )
         key = f"{STATS_PREFIX}/cost_usd"
-        self.stats.set_value(key, self.stats.get_value(key, 0.0) + cost)
+        # None (an unknown price) stays None: an unknown cost must not read as $0.
+        self.stats.set_value(key, add_costs(self.stats.get_value(key, 0.0), cost))
 
     def _inc(self, name: str, count: int = 1) -> None:
         self.stats.inc_value(f"{STATS_PREFIX}/{name}", count)

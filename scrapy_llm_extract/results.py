@@ -38,17 +38,21 @@ MISSING = "missing"
 @dataclass(frozen=True)
 class Usage:
     prompt_tokens: int = 0
+    #: Billed as output; includes ``reasoning_tokens``, as the API counts them.
     completion_tokens: int = 0
     cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Usage:
         usage = body.get("usage") or {}
         details = usage.get("prompt_tokens_details") or {}
+        completion_details = usage.get("completion_tokens_details") or {}
         return cls(
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             cached_tokens=int(details.get("cached_tokens") or 0),
+            reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
         )
 
 

@@ -19,7 +19,8 @@ from scrapy_llm_extract.emulator import (
     emulator_transport,
     recorded_requests,
 )
-from scrapy_llm_extract.emulator.answers import prompt_tokens
+from scrapy_llm_extract.emulator.answers import REASONING_TOKENS, prompt_tokens
+from scrapy_llm_extract.models import request_params
 from scrapy_llm_extract.schema import validation_errors
 from scrapy_llm_extract.tokens import count_tokens
 
@@ -109,7 +110,7 @@ def result_lines(client, file_id):
     return {line["custom_id"]: line for line in lines}
 
 
-def test_batch_round_trip(make_client):
+def test_batch_round_trip(make_client, tmp_path):
     client = make_client()
     rows = [row(f"item-{n}", chat_body(title=f"Mug {n}", price=f"{n}.50")) for n in range(6)]
     created = submit(client, rows)
@@ -122,7 +123,12 @@ def test_batch_round_trip(make_client):
     assert batch.metadata == {"run": "test"}
     whole = client.files.content(batch.output_file_id).text.splitlines()
     results = result_lines(client, batch.output_file_id)
-    assert [json.loads(line)["custom_id"] for line in whole] != [r["custom_id"] for r in rows]
+    # Shuffled like the real API's output, by a seed that makes each emulator run repeat itself.
+    order = [json.loads(line)["custom_id"] for line in whole]
+    assert order != [r["custom_id"] for r in rows]
+    again = make_client(state=tmp_path / "again")
+    repeated = again.files.content(again.batches.retrieve(submit(again, rows).id).output_file_id)
+    assert [json.loads(line)["custom_id"] for line in repeated.text.splitlines()] == order
     assert set(results) == {r["custom_id"] for r in rows}
     for n in range(6):
         line = results[f"item-{n}"]
@@ -174,7 +180,7 @@ def test_list_pages_newest_first(make_client):
         ids.append(submit(client, [row("a")]).id)
         clock.now += 1
     first = client.batches.with_raw_response.list(limit=2).http_response.json()
-    assert [b["id"] for b in first["data"]] == ids[:2:-1][:2] == [ids[4], ids[3]]
+    assert [b["id"] for b in first["data"]] == [ids[4], ids[3]]
     assert (first["first_id"], first["last_id"], first["has_more"]) == (ids[4], ids[3], True)
     last = client.batches.list(limit=2, after=ids[1])
     assert [b.id for b in last.data] == [ids[0]] and last.has_more is False
@@ -592,3 +598,130 @@ def test_a_half_written_config_keeps_the_previous_one(tmp_path):
     config_file.write_text(json.dumps({"unknown_fault": 1}))
     with pytest.raises(openai.InternalServerError, match="unknown_fault"):
         client.chat.completions.create(**chat_body())
+
+
+# Reasoning models: the request rules of models.py, refused with OpenAI's 400s.
+UNSUPPORTED_MAX_TOKENS = {
+    "message": "Unsupported parameter: 'max_tokens' is not supported with this model."
+    " Use 'max_completion_tokens' instead.",
+    "type": "invalid_request_error",
+    "param": "max_tokens",
+    "code": "unsupported_parameter",
+}
+UNSUPPORTED_TEMPERATURE = {
+    "message": "Unsupported value: 'temperature' does not support 0 with this model."
+    " Only the default (1) value is supported.",
+    "type": "invalid_request_error",
+    "param": "temperature",
+    "code": "unsupported_value",
+}
+
+
+def unsupported_effort(effort, supported):
+    return {
+        "message": f"Unsupported value: 'reasoning_effort' does not support '{effort}' with this"
+        f" model. Supported values are: {supported}.",
+        "type": "invalid_request_error",
+        "param": "reasoning_effort",
+        "code": "unsupported_value",
+    }
+
+
+UNSUPPORTED_EFFORT_PARAMETER = {
+    "message": "Unsupported parameter: 'reasoning_effort' is not supported with this model.",
+    "type": "invalid_request_error",
+    "param": "reasoning_effort",
+    "code": "unsupported_parameter",
+}
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "error"),
+    [
+        ("gpt-5-nano", {"temperature": 0}, UNSUPPORTED_TEMPERATURE),
+        ("gpt-5-mini-2025-08-07", {"max_tokens": 100}, UNSUPPORTED_MAX_TOKENS),
+        (
+            "gpt-5.1",
+            {"reasoning_effort": "minimal"},
+            unsupported_effort("minimal", "'none', 'low', 'medium', 'high'"),
+        ),
+        (
+            "gpt-5",
+            {"reasoning_effort": "none"},
+            unsupported_effort("none", "'minimal', 'low', 'medium', 'high'"),
+        ),
+        ("o3", {"temperature": 0}, UNSUPPORTED_TEMPERATURE),
+        (
+            "o4-mini",
+            {"reasoning_effort": "minimal"},
+            unsupported_effort("minimal", "'low', 'medium', 'high'"),
+        ),
+        ("o1-mini", {"reasoning_effort": "low"}, UNSUPPORTED_EFFORT_PARAMETER),
+        ("gpt-4o-mini", {"reasoning_effort": "low"}, UNSUPPORTED_EFFORT_PARAMETER),
+    ],
+)
+def test_each_family_refuses_what_it_does_not_take(make_client, model, params, error):
+    client = make_client()
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.with_options(max_retries=0).post(
+            "/chat/completions", body={**chat_body(model=model), **params}, cast_to=object
+        )
+    assert refused.value.status_code == 400
+    assert refused.value.body == error
+
+
+@pytest.mark.parametrize(
+    "model", ["gpt-4o-mini", "gpt-5-chat-latest", "gpt-5-nano", "gpt-5.1", "o3", "o1-mini"]
+)
+def test_each_family_takes_the_body_models_py_builds_for_it(make_client, model):
+    body = {**chat_body(model=model), **request_params(model, 200)}
+    completion = make_client().chat.completions.create(**body)
+    assert completion.choices[0].finish_reason == "stop"
+    assert json.loads(completion.choices[0].message.content) == {
+        "title": "Blue mug",
+        "price": 12.99,
+    }
+
+
+def test_reasoning_tokens_are_reported_and_counted_as_output(make_client):
+    body = {**chat_body(model="gpt-5-nano"), **request_params("gpt-5-nano", 200)}
+    completion = make_client().chat.completions.create(**body)
+    reasoning = REASONING_TOKENS["minimal"]
+    assert completion.usage.completion_tokens_details.reasoning_tokens == reasoning
+    answer_tokens = count_tokens(completion.choices[0].message.content, "gpt-5-nano")
+    assert completion.usage.completion_tokens == reasoning + answer_tokens
+    assert (
+        completion.usage.total_tokens == completion.usage.prompt_tokens + reasoning + answer_tokens
+    )
+
+
+def test_reasoning_can_spend_the_whole_budget_and_leave_no_answer(make_client):
+    # No reasoning_effort: gpt-5 models reason at "medium", which this budget cannot hold.
+    completion = make_client().chat.completions.create(
+        **chat_body(model="gpt-5-nano"), max_completion_tokens=1024
+    )
+    assert REASONING_TOKENS["medium"] > 1024
+    assert (completion.choices[0].finish_reason, completion.choices[0].message.content) == (
+        "length",
+        "",
+    )
+    assert completion.usage.completion_tokens_details.reasoning_tokens == 1024
+    assert completion.usage.completion_tokens == 1024
+
+
+def test_a_batch_row_with_a_refused_body_is_an_error_row_with_that_body(make_client):
+    client = make_client()
+    good = {**chat_body(model="gpt-5-nano"), **request_params("gpt-5-nano", 200)}
+    bad = {**chat_body(model="gpt-5-nano"), "max_completion_tokens": 200, "temperature": 0}
+    batch = client.batches.retrieve(submit(client, [row("good", good), row("bad", bad)]).id)
+    assert batch.request_counts.model_dump() == {"total": 2, "completed": 1, "failed": 1}
+    errors = result_lines(client, batch.error_file_id)
+    assert list(errors) == ["bad"]
+    assert errors["bad"]["error"] is None
+    assert errors["bad"]["response"]["status_code"] == 400
+    assert errors["bad"]["response"]["body"] == {"error": UNSUPPORTED_TEMPERATURE}
+    output = result_lines(client, batch.output_file_id)["good"]["response"]["body"]
+    reasoning = output["usage"]["completion_tokens_details"]["reasoning_tokens"]
+    assert reasoning == REASONING_TOKENS["minimal"]
+    assert batch.usage.output_tokens == output["usage"]["completion_tokens"]
+    assert batch.usage.output_tokens_details.reasoning_tokens == reasoning

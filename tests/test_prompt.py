@@ -1,5 +1,12 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
+
+from scrapy_llm_extract.models import REASONING_ALLOWANCE
 from scrapy_llm_extract.prompt import RequestBuilder, dump_json, neutralise
 from scrapy_llm_extract.slim import SlimPage
 from scrapy_llm_extract.tokens import count_tokens
@@ -106,5 +113,52 @@ def test_default_budget_leaves_room_for_instructions_and_output():
     assert capped.max_page_tokens < 128_000
 
 
-def test_identical_items_give_identical_bytes():
-    assert build().body_json == build().body_json
+BUILD_IN_A_FRESH_INTERPRETER = """
+import sys
+from tests.test_prompt import build
+sys.stdout.write(build(LLM_EXTRACT_MODEL=sys.argv[1]).body_json)
+"""
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-5-nano"])
+def test_identical_items_give_identical_bytes_whatever_the_hash_seed(model):
+    """Two interpreters with different string hashing (set and dict orders) build the same bytes."""
+    built = [
+        subprocess.run(
+            [sys.executable, "-c", BUILD_IN_A_FRESH_INTERPRETER, model],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            cwd=Path(__file__).parent.parent,
+            capture_output=True,
+            check=True,
+            text=True,
+        ).stdout
+        for seed in ("1", "2")
+    ]
+    assert built[0] == built[1] == build(LLM_EXTRACT_MODEL=model).body_json
+
+
+def test_reasoning_models_get_no_temperature_and_room_to_reason():
+    request = build(LLM_EXTRACT_MODEL="gpt-5-nano", LLM_EXTRACT_MAX_OUTPUT_TOKENS=200)
+    assert list(request.body) == [
+        "model",
+        "messages",
+        "response_format",
+        "max_completion_tokens",
+        "reasoning_effort",
+    ]
+    assert request.body["max_completion_tokens"] == 200 + REASONING_ALLOWANCE["minimal"]
+    assert request.body["reasoning_effort"] == "minimal"
+    effort = build(LLM_EXTRACT_MODEL="o4-mini", LLM_EXTRACT_REASONING_EFFORT="medium")
+    assert effort.body["reasoning_effort"] == "medium"
+    assert effort.body["max_completion_tokens"] == 1024 + REASONING_ALLOWANCE["medium"]
+
+
+def test_the_page_budget_leaves_room_for_reasoning():
+    reasoning = RequestBuilder(make_config(LLM_EXTRACT_MODEL="gpt-5-nano"))
+    assert reasoning.max_page_tokens < 400_000 - 1024 - REASONING_ALLOWANCE["minimal"]
+    assert reasoning.max_page_tokens > 400_000 - 1024 - REASONING_ALLOWANCE["minimal"] - 2_000
+
+
+def test_an_unknown_effort_is_a_configuration_error():
+    with pytest.raises(ValueError, match="LLM_EXTRACT_REASONING_EFFORT must be None or one of"):
+        make_config(LLM_EXTRACT_REASONING_EFFORT="lowest")

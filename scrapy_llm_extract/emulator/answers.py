@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..models import request_rules
 from ..tokens import count_tokens, truncate_to_tokens
 from .extract import fill, structured_entries
 
@@ -31,6 +32,17 @@ MARKERS = (
 _MARKER = re.compile(r"\[\[emulator:(" + "|".join(MARKERS) + r")\]\]")
 
 MODEL_SUFFIX = "-emulator"
+#: Reasoning tokens an emulated reasoning model spends per answer, by effort: fixed, so
+#: tests know usage exactly, and large enough at the default effort to eat a small budget.
+REASONING_TOKENS = {
+    "none": 0,
+    "minimal": 24,
+    "low": 256,
+    "medium": 2_048,
+    "high": 8_192,
+    "xhigh": 16_384,
+    "max": 16_384,
+}
 REFUSAL = "I'm sorry, I can't help with that request. (emulated refusal)"
 NOT_A_MODEL = "This is the scrapy-llm-extract emulator, not a language model."
 
@@ -102,7 +114,52 @@ def check_body(body: Any) -> dict[str, Any] | None:
         return error_body(
             "Invalid 'messages': expected a non-empty array of messages.", param="messages"
         )
+    return _check_model_params(body)
+
+
+def _unsupported_parameter(name: str, instead: str = "") -> dict[str, Any]:
+    return error_body(
+        f"Unsupported parameter: '{name}' is not supported with this model.{instead}",
+        param=name,
+        code="unsupported_parameter",
+    )
+
+
+def _check_model_params(body: dict[str, Any]) -> dict[str, Any] | None:
+    """OpenAI's 400s for generation parameters the model's family refuses (models.py rules)."""
+    effort = body.get("reasoning_effort")
+    rules = request_rules(body["model"], effort)
+    if not rules.reasoning:
+        return None if effort is None else _unsupported_parameter("reasoning_effort")
+    if "max_tokens" in body:
+        return _unsupported_parameter("max_tokens", " Use 'max_completion_tokens' instead.")
+    for name in ("temperature", "top_p"):
+        if body.get(name, 1) != 1:
+            return error_body(
+                f"Unsupported value: '{name}' does not support {body[name]!r} with this model."
+                " Only the default (1) value is supported.",
+                param=name,
+                code="unsupported_value",
+            )
+    if effort is not None and not rules.efforts:
+        return _unsupported_parameter("reasoning_effort")
+    if effort is not None and effort not in rules.efforts:
+        return error_body(
+            f"Unsupported value: 'reasoning_effort' does not support {effort!r} with this model."
+            f" Supported values are: {', '.join(repr(e) for e in rules.efforts)}.",
+            param="reasoning_effort",
+            code="unsupported_value",
+        )
     return None
+
+
+def reasoning_tokens(body: dict[str, Any]) -> int:
+    """Hidden reasoning the emulated model spends on ``body`` (0 for classic models)."""
+    effort = body.get("reasoning_effort")
+    rules = request_rules(body["model"], effort)
+    if not rules.reasoning:
+        return 0
+    return REASONING_TOKENS[effort or rules.default_effort or "medium"]
 
 
 def _content(body: dict[str, Any]) -> str:
@@ -152,11 +209,15 @@ def answer(
     elif fault == "length":
         content = (content or "")[: len(content or "") // 2]
         finish_reason = "length"
+    reasoning = reasoning_tokens(body)
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
-    if isinstance(limit, int) and content is not None:
-        content, cut = truncate_to_tokens(content, limit, model)
-        finish_reason = "length" if cut else finish_reason
-    completion_tokens = count_tokens(content or refusal or "", model)
+    if isinstance(limit, int):
+        # Reasoning comes first and counts against the budget: it can leave no answer at all.
+        reasoning = min(reasoning, limit)
+        if content is not None:
+            content, cut = truncate_to_tokens(content, limit - reasoning, model)
+            finish_reason = "length" if cut else finish_reason
+    completion_tokens = reasoning + count_tokens(content or refusal or "", model)
     prompt = prompt_tokens(body["messages"], model)
     return Answer(
         200,
@@ -184,7 +245,7 @@ def answer(
                 "total_tokens": prompt + completion_tokens,
                 "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
                 "completion_tokens_details": {
-                    "reasoning_tokens": 0,
+                    "reasoning_tokens": reasoning,
                     "audio_tokens": 0,
                     "accepted_prediction_tokens": 0,
                     "rejected_prediction_tokens": 0,

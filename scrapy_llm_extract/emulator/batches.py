@@ -403,7 +403,7 @@ class Batches:
             finished_at = max(reached.values())
             outputs: list[dict[str, Any]] = []
             failures: list[dict[str, Any]] = []
-            input_tokens = output_tokens = 0
+            input_tokens = output_tokens = reasoning_tokens = 0
             for number, row in enumerate(rows, 1):
                 if number > done:
                     code = "batch_expired" if status == "expired" else "batch_cancelled"
@@ -434,9 +434,13 @@ class Batches:
                     outputs.append(line)
                     input_tokens += result.body["usage"]["prompt_tokens"]
                     output_tokens += result.body["usage"]["completion_tokens"]
+                    details = result.body["usage"]["completion_tokens_details"]
+                    reasoning_tokens += details["reasoning_tokens"]
                 else:
                     failures.append(line)
-            shuffle = random.Random(f"{config['seed']}:{batch_id}").shuffle
+            # Seeded by the config and the batch's place in the store, not its random id, so
+            # an emulator run is reproducible.
+            shuffle = random.Random(f"{config['seed']}:{record['seq']}").shuffle
             shuffle(outputs)
             shuffle(failures)
             record["output_file_id"] = self._result_file(record, "output", outputs, finished_at)
@@ -446,7 +450,7 @@ class Batches:
                 "completed": len(outputs),
                 "failed": len(failures) - (len(rows) - done),
             }
-            record["usage"] = _usage(input_tokens, output_tokens)
+            record["usage"] = _usage(input_tokens, output_tokens, reasoning_tokens)
             self.store.save_batch(record)
             return record
 
@@ -482,12 +486,12 @@ def _row(
     }
 
 
-def _usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+def _usage(input_tokens: int, output_tokens: int, reasoning_tokens: int = 0) -> dict[str, Any]:
     return {
         "input_tokens": input_tokens,
         "input_tokens_details": {"cached_tokens": 0},
         "output_tokens": output_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
         "total_tokens": input_tokens + output_tokens,
     }
 
