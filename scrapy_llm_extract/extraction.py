@@ -6,6 +6,7 @@ takes, kept apart from the Scrapy glue so it can be tested on plain items.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,9 +55,13 @@ def build_request(
 ) -> ExtractionRequest:
     """Slim the page and build its request: the CPU-heavy step, run inline or in a worker."""
     page = slim_page(source)
+    if page.not_text:
+        raise InvalidInput("not_text", page.not_text)
     if not page.structured and not page.text:
         raise InvalidInput("empty_page", "the page has no text or structured data")
     request = builder.build(page, url=url, schema=schema.schema, schema_name=schema.name)
+    if page.fallback:
+        request = dataclasses.replace(request, slim_fallback=True)
     _ = request.body_json  # serialised here (cached), so a worker sends the JSON back ready
     return request
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +14,46 @@ from typing import Any
 import pytest
 
 from scrapy_llm_extract.emulator import CONFIG_FILE, EmulatorConfig, recorded_requests
+
+#: The shared product corpus (81 real pages with known values): beside the repository in CI
+#: (../shared/corpus), elsewhere with SCRAPY_LLM_EXTRACT_CORPUS. A clone without it still
+#: passes: its corpus tests are skipped and counted in the summary, except under CI=true.
+CORPUS = Path(
+    os.environ.get("SCRAPY_LLM_EXTRACT_CORPUS")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+)
+CORPUS_MISSING = f"product corpus not found at {CORPUS} (set SCRAPY_LLM_EXTRACT_CORPUS)"
+
+
+def corpus_present() -> bool:
+    return (CORPUS / "products" / "truth.json").is_file()
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    """The corpus folder; skips the test without it, and fails it in CI, which has it."""
+    if corpus_present():
+        return CORPUS
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but the {CORPUS_MISSING}: CI must not lose the corpus checks.")
+    pytest.skip(CORPUS_MISSING)
+
+
+def pytest_report_header() -> str:
+    found = "found" if corpus_present() else "NOT FOUND: corpus tests are skipped"
+    return f"product corpus: {CORPUS} ({found})"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    skipped = [
+        report
+        for report in terminalreporter.stats.get("skipped", [])
+        if CORPUS_MISSING in str(report.longrepr)
+    ]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} corpus test(s) left out: {CORPUS_MISSING}.", yellow=True
+        )
 
 
 def product_page(

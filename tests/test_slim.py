@@ -1,16 +1,24 @@
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from scrapy_llm_extract.slim import MAX_STRUCTURED_CHARS, MAX_TEXT_CHARS, SlimPage, slim_page
+from scrapy_llm_extract.slim import (
+    MAX_STRUCTURED_CHARS,
+    MAX_TEXT_CHARS,
+    MIN_KEPT_SHARE,
+    SlimPage,
+    slim_page,
+)
 
-CORPUS = Path(__file__).parents[1].parent / "shared" / "corpus"
 BENCH = Path(__file__).parents[1] / "bench" / "bench_slimming.py"
 #: Characters cp1252 and latin-1 disagree on, so a wrong guess shows.
 EURO_TEXT = "Preis 17 \u20ac \u2013 Gr\u00f6\u00dfe"
@@ -267,12 +275,17 @@ def test_empty_pages_give_an_empty_slim_page(source):
 
 
 @pytest.mark.parametrize(
-    "source",
-    [b"\x00\xff\xfe<<<>>>\x80", "<html><body><p>unclosed <b><i>", "<?xml version='1.0' "
-     "encoding='utf-8'?><html><body><p>xml decl</p></body></html>", "<p>\x00nul</p>"],
+    ("source", "text"),
+    [
+        ("<html><body><p>unclosed <b><i>bold", "unclosed bold"),
+        ("<?xml version='1.0' encoding='utf-8'?><html><body><p>xml decl</p></body></html>",
+         "xml decl"),
+        ("<ul><li>one<li>two</ul><p>para<p>next", "- one\n- two\npara\nnext"),
+        ("<table><td>cell<tr>row</table>", "cell\nrow"),
+    ],
 )  # fmt: skip
-def test_malformed_input_does_not_raise(source):
-    assert isinstance(slim_page(source), SlimPage)
+def test_malformed_html_keeps_its_text(source, text):
+    assert slim_page(source) == SlimPage("", text)
 
 
 def test_ten_megabyte_page_gives_bounded_output():
@@ -321,9 +334,26 @@ def test_delimiter_tags_in_page_content_are_neutralised():
     assert slim_page(injected) == SlimPage("", injected.replace("<", "\u2039"))
 
 
-def test_output_is_deterministic():
-    source = (BENCH.parent.parent / "README.md").read_text(encoding="utf-8")
-    assert slim_page(source) == slim_page(source)
+def test_output_is_the_same_in_interpreters_with_different_hash_seeds():
+    """Sets and dicts drive deduplication: a hash-seed effect would change prompts (and
+    defeat the prompt cache) from one crawl process to the next."""
+    readme = BENCH.parent.parent / "README.md"
+    script = (
+        "import json, sys, dataclasses; from scrapy_llm_extract.slim import slim_page;"
+        " print(json.dumps(dataclasses.asdict(slim_page(open(sys.argv[1], 'rb').read()))))"
+    )
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", script, str(readme)],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    ]
+    assert outputs[0] == outputs[1]
+    assert json.loads(outputs[0]) == dataclasses.asdict(slim_page(readme.read_bytes()))
+    assert "# scrapy-llm-extract" in json.loads(outputs[0])["text"]
 
 
 @functools.cache
@@ -349,13 +379,173 @@ def test_missing_fields_normalises_prices_titles_and_currencies():
     ]
 
 
-def test_every_known_corpus_value_survives_slimming():
+def test_every_known_corpus_value_survives_slimming(corpus):
     """The corpus values that are on the raw page must all be in what the model is sent."""
     bench = _bench()
     lost = []
-    for corpus_page in bench.load_corpus(CORPUS):
+    for corpus_page in bench.load_corpus(corpus):
         prompt = bench.slim_prompt(corpus_page.source)
         lost.extend(
             f"{corpus_page.id}:{f}" for f in bench.missing_fields(corpus_page.truth, prompt)
         )
     assert lost == []
+
+
+def test_no_corpus_page_with_text_slims_to_nearly_nothing(corpus):
+    bench = _bench()
+    shares, _ = bench.text_shares(list(bench.load_corpus(corpus)))
+    assert len(shares) >= 80
+    assert [(page_id, share) for page_id, share in shares if share < MIN_KEPT_SHARE] == []
+
+
+# --- drop rules never take the main content (one synthetic page per failure class) --------
+
+LAMP = (
+    "<h1>Desk lamp LMP-77</h1><p>Price 49,90 €</p>"
+    "<p>A brass desk lamp with a linen shade, 45 cm tall, warm white LED bulb included.</p>"
+)
+SHELL_NAV = "<nav><ul><li><a href='/'>Home</a></li><li><a href='/lamps'>Lamps</a></li></ul></nav>"
+SHELL_FOOTER = "<footer>© Lamp shop · Imprint · Privacy</footer>"
+COOKIE_BANNER = '<div class="cookie-notice">We use cookies. Accept all</div>'
+
+
+def shop_page(main: str, body_attrs: str = "") -> str:
+    return (
+        f"<!DOCTYPE html><html><head><title>Desk lamp</title></head><body {body_attrs}>"
+        f"{SHELL_NAV}{main}{COOKIE_BANNER}{SHELL_FOOTER}</body></html>"
+    )
+
+
+LAMP_TEXT = (
+    "# Desk lamp LMP-77\nPrice 49,90 €\n"
+    "A brass desk lamp with a linen shade, 45 cm tall, warm white LED bulb included."
+)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        pytest.param(
+            shop_page(f'<div class="center-panel" aria-hidden="true">{LAMP}</div>'),
+            id="aria-hidden-main-panel",
+        ),
+        pytest.param(
+            shop_page(f"<div>{LAMP}</div>", 'class="page-product theme-lumos-gdpr"'),
+            id="body-class-ending-gdpr",
+        ),
+        pytest.param(
+            shop_page(f'<section class="product-card with-cookie-info">{LAMP}</section>'),
+            id="section-with-cookie-info",
+        ),
+        pytest.param(
+            shop_page(f"<div>{LAMP}</div>", 'style="-webkit-backface-visibility: hidden"'),
+            id="backface-visibility-style",
+        ),
+        pytest.param(
+            shop_page(f'<div class="defer-block" style="display: none">{LAMP}</div>'),
+            id="main-content-shown-by-script",
+        ),
+        pytest.param(
+            shop_page(f'<div id="cookie-consent-root"><main>{LAMP}</main></div>'),
+            id="consent-root-wrapping-main",
+        ),
+    ],
+)  # fmt: skip
+def test_drop_rules_never_take_the_main_content(source):
+    result = slim_page(source)
+    assert result.text == LAMP_TEXT
+    assert not result.fallback
+
+
+def test_the_product_scope_and_the_block_of_most_text_are_kept():
+    scope = (
+        '<div hidden itemscope itemtype="https://schema.org/Product">'
+        "<span>Desk lamp</span><span>49,90 €</span></div>"
+    )
+    bulk = "<p>Brass desk lamp, linen shade, 45 cm, warm white LED.</p>" * 5
+    body = f'{scope}<div class="recently-viewed">{bulk}</div><div class="upsell">Shade 9 €</div>'
+    assert slim_page(page(body)).text == (
+        "Desk lamp49,90 €\nBrass desk lamp, linen shade, 45 cm, warm white LED."
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "dropped"),
+    [
+        ("cookie-notice", True),
+        ("CybotCookiebotDialog", True),
+        ("onetrust-banner-sdk", True),
+        ("js-cookie-consent", True),
+        ("gdprBanner", True),
+        ("cookies", True),
+        ("related_products", True),
+        ("upSell", True),
+        ("cross-sells", True),
+        ("recently_viewed", True),
+        ("with-cookie-info", False),
+        ("theme-lumos-gdpr", False),
+        ("cookie-cutter", False),
+        ("price-unrelated-note", False),
+        ("consent-form-label", False),
+    ],
+)
+def test_ids_and_classes_match_whole_words_of_a_known_kind(name, dropped):
+    body = f"<h1>Desk lamp</h1><p>{'Brass lamp. ' * 10}</p>"
+    for attribute in ("id", "class"):
+        text = slim_page(page(f'{body}<div {attribute}="{name}">Named block</div>')).text
+        assert ("Named block" not in text) is dropped
+
+
+@pytest.mark.parametrize(
+    ("style", "hidden"),
+    [
+        ("display:none", True),
+        ("color: red; DISPLAY : None !important", True),
+        ("visibility:hidden;", True),
+        ("-webkit-backface-visibility: hidden", False),
+        ("backface-visibility:hidden", False),
+        ("content-visibility: hidden", False),
+        ("display: none-ish; --display: none", False),
+        ("background: url(display:none.png)", False),
+    ],
+)
+def test_inline_styles_are_read_as_declarations(style, hidden):
+    body = f"<h1>Lamp</h1><p>{'Brass lamp. ' * 10}</p>"
+    text = slim_page(page(f'{body}<div style="{style}">Styled block</div>')).text
+    assert ("Styled block" not in text) is hidden
+
+
+def test_aria_hidden_drops_small_decorations_only():
+    description = "<p>Brass desk lamp with a linen shade and a warm white LED bulb.</p>" * 3
+    body = (
+        f'<h1>Lamp <span aria-hidden="true">★★★★☆</span></h1>{description}'
+        f'<div aria-hidden="true">{description.replace("Brass", "Copper")}</div>'
+    )
+    text = slim_page(page(body)).text
+    assert "★" not in text
+    assert "Copper desk lamp" in text
+
+
+def test_react_streamed_segments_are_shown_not_hidden():
+    body = (
+        '<div hidden id="S:1"><h2>Details</h2><p>Linen shade</p></div><div hidden>Hidden note</div>'
+    )
+    assert slim_page(page(f"<h1>Lamp</h1>{body}")).text == "# Lamp\n## Details\nLinen shade"
+
+
+def test_a_page_the_drop_rules_would_empty_is_slimmed_again_without_them():
+    description = "Brass desk lamp, 45 cm, linen shade, warm white LED bulb."
+    source = page(f"<footer><p>{description}</p><p>Price 49,90 €</p></footer>")
+    result = slim_page(source)
+    assert result.text == f"{description}\nPrice 49,90 €"
+    assert result.fallback
+    assert not slim_page(shop_page(f"<div>{LAMP}</div>")).fallback
+
+
+def test_a_page_losing_its_main_heading_is_slimmed_again():
+    menu = "".join(f"<li><a href='/{n}'>Lamp {n}</a></li>" for n in range(8))
+    source = page(
+        f"<ul><li><a href='/'><h1>Desk lamp</h1></a></li>{menu}</ul>"
+        "<p>Brass, 45 cm, linen shade.</p>"
+    )
+    assert "Desk lamp" in slim_page(source).text
