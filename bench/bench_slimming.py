@@ -2,7 +2,8 @@
 
 Run: ``python bench/bench_slimming.py [--corpus PATH]``
 
-For every page of the shared product corpus (``../shared/corpus/products``:
+For every page of the shared product corpus (``../shared/corpus/products``, or
+``$SCRAPY_LLM_EXTRACT_CORPUS/products``:
 gzipped HTML plus ``truth.json``) this counts the gpt-4o-mini tokens of the raw
 HTML and of the slimmed page, and checks that each known value (title, price,
 currency, brand, sku) is still present, compared on a normalised form. The
@@ -21,6 +22,7 @@ import argparse
 import gzip
 import html
 import json
+import os
 import re
 import statistics
 import time
@@ -36,7 +38,10 @@ from scrapy_llm_extract.tokens import count_tokens
 
 MODEL = "gpt-4o-mini"
 FIELDS = ("title", "price", "currency", "brand", "sku")
-DEFAULT_CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+DEFAULT_CORPUS = Path(
+    os.environ.get("SCRAPY_LLM_EXTRACT_CORPUS")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+)
 #: A currency counts as present by its code or one of its usual symbols.
 CURRENCY_SYMBOLS = {
     "USD": ("$",),

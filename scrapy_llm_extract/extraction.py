@@ -54,7 +54,7 @@ def build_request(
     builder: RequestBuilder, source: str | bytes, url: str | None, schema: ExtractionSchema
 ) -> ExtractionRequest:
     """Slim the page and build its request: the CPU-heavy step, run inline or in a worker."""
-    page = slim_page(source)
+    page = slim_page(source, url=url)
     if page.not_text:
         raise InvalidInput("not_text", page.not_text)
     if not page.structured and not page.text:

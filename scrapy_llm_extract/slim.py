@@ -25,6 +25,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urljoin
 
 import lxml.html
 from lxml import etree
@@ -50,6 +51,8 @@ MAX_STRUCTURED_CHARS = 50_000
 MAX_JSON_STRING_CHARS = 500
 #: Shorter structured values are kept even when the visible text repeats them.
 MIN_DUPLICATE_CHARS = 60
+#: Longer microdata text is prose, left to the visible text ("itemprop description").
+MAX_MICRODATA_TEXT_CHARS = 200
 #: Reviews kept per JSON-LD list: a few show the tone, hundreds only cost tokens.
 MAX_REVIEWS = 3
 #: A list with at least this many items that are nothing but links is a menu.
@@ -177,6 +180,14 @@ _SITE_JSON_TYPES = frozenset(
 _PRODUCT_JSON_TYPES = frozenset(
     {"Product", "ProductGroup", "IndividualProduct", "ProductModel", "Offer", "AggregateOffer"}
 )
+#: Microdata scopes whose values are not the product's (values in them are left out).
+_SITE_SCOPES = frozenset(
+    {
+        "WebSite", "WebPage", "SiteNavigationElement", "WPHeader", "WPFooter", "WPSideBar",
+        "BreadcrumbList", "ListItem", "ItemList", "FAQPage", "Question", "Answer", "Review",
+        "Comment",
+    }
+)  # fmt: skip
 _REVIEW_KEYS = frozenset({"review", "reviews"})
 #: JSON-LD and meta keys holding prose, dropped when the visible text repeats it.
 _PROSE_KEYS = frozenset(
@@ -204,13 +215,19 @@ _META_DROP = frozenset(
 
 
 def slim_page(
-    source: str | bytes, *, encoding: str | None = None, content_type: str | None = None
+    source: str | bytes,
+    *,
+    encoding: str | None = None,
+    content_type: str | None = None,
+    url: str | None = None,
 ) -> SlimPage:
     """Reduce a page (HTML, JSON or plain text) to its compact prompt form.
 
     Never raises: the page is untrusted input and a bad one must not drop the item.
     ``encoding`` (e.g. ``response.encoding``) wins over what the page declares;
-    ``content_type`` (the Content-Type header) helps both decoding and sniffing.
+    ``content_type`` (the Content-Type header) helps both decoding and sniffing;
+    ``url`` (where the page was fetched) resolves a relative canonical URL, which is kept
+    only when it differs.
     """
     try:
         text = _decode(source, encoding, content_type)[:MAX_INPUT_CHARS]
@@ -227,7 +244,7 @@ def slim_page(
             kind = "text"
         if kind == "text":
             return SlimPage("", _finish(_plain_lines(text.splitlines()), MAX_TEXT_CHARS))
-        return _slim_html(text)
+        return _slim_html(text, url)
     except Exception:  # a slimming bug must not lose the item
         logger.warning("Could not slim a page; sending its text without markup", exc_info=True)
         raw = source.decode("utf-8", "replace") if isinstance(source, bytes) else source
@@ -307,7 +324,7 @@ def _slim_json(text: str) -> SlimPage | None:
     return SlimPage(_finish([f"json: {_dump(compact)}"], MAX_STRUCTURED_CHARS), "")
 
 
-def _slim_html(text: str) -> SlimPage:
+def _slim_html(text: str, url: str | None) -> SlimPage:
     parser = lxml.html.HTMLParser(
         encoding="utf-8", remove_comments=True, remove_pis=True, no_network=True
     )
@@ -326,7 +343,7 @@ def _slim_html(text: str) -> SlimPage:
     fallback = _lost_main_content(shape, writer)
     if fallback:
         lines = _TextWriter(shape, drop_rules=False).walk()
-    structured = _structured_lines(root, ld_json, visible="\n".join(lines))
+    structured = _structured_lines(root, ld_json, visible="\n".join(lines), url=url)
     return SlimPage(
         _finish(structured, MAX_STRUCTURED_CHARS), _finish(lines, MAX_TEXT_CHARS), fallback
     )
@@ -344,8 +361,8 @@ def _lost_main_content(shape: _PageShape, writer: _TextWriter) -> bool:
 # --- structured data -------------------------------------------------------------------------
 
 
-def _structured_lines(root: Any, ld_json: list[str], visible: str) -> list[str]:
-    """JSON-LD, then <title> and meta tags, then microdata values held in attributes."""
+def _structured_lines(root: Any, ld_json: list[str], visible: str, url: str | None) -> list[str]:
+    """JSON-LD, then <title> and meta tags, then microdata values, then the canonical URL."""
     lines: list[str] = []
     for block in ld_json:
         lines.extend(_ld_json_lines(block, visible))
@@ -367,16 +384,57 @@ def _structured_lines(root: Any, ld_json: list[str], visible: str) -> list[str]:
         if key and _useful_meta(key) and meta.get("itemprop") is None:
             add(key, meta.get("content"))
     for element in root.xpath("//*[@itemprop]"):
-        value = element.get("content")
-        if value is None and element.tag in ("link", "a"):
-            value = element.get("href")
-            value = value if value and _SCHEMA_ORG.match(value) else None
-        if value is None and element.tag == "data":
-            value = element.get("value")
-        if value is not None:
-            # schema.org enumerations ("https://schema.org/InStock") are values, not links.
-            add(f"itemprop {element.get('itemprop').strip()}", _SCHEMA_ORG.sub("", value))
+        value = _microdata_value(element)
+        if value is not None and not _in_site_scope(element):
+            add(f"itemprop {element.get('itemprop').strip()}", value)
+    canonical = _canonical(root, url)
+    if canonical:
+        lines.append(f"canonical: {canonical}")
     return lines
+
+
+def _microdata_value(element: Any) -> str | None:
+    """An itemprop's value: its attribute (content, href, value, datetime) or, for a plain
+    element, its text ("<span itemprop=sku>LMP-77</span>"); None for URLs and nested items."""
+    value = element.get("content")
+    if value is None and element.tag in ("link", "a"):
+        href = element.get("href")
+        if href and _SCHEMA_ORG.match(href):
+            # schema.org enumerations ("https://schema.org/InStock") are values, not links.
+            return _SCHEMA_ORG.sub("", href)
+        return None  # a URL (microdata reads links' href, not their text)
+    if value is None and element.tag in ("data", "meter"):
+        value = element.get("value")
+    if value is None and element.tag == "time":
+        value = element.get("datetime")
+    if value is None and element.get("itemscope") is None and element.tag not in _SKIP_TAGS:
+        value = _WS.sub(" ", element.text_content()).strip()
+        if len(value) > MAX_MICRODATA_TEXT_CHARS:
+            return None  # prose (a description): read in the visible text
+    return _SCHEMA_ORG.sub("", value) if value is not None else None
+
+
+def _in_site_scope(element: Any) -> bool:
+    """An itemprop of breadcrumbs, FAQs, reviews or the site: not the product's data."""
+    for ancestor in element.iterancestors():
+        if ancestor.get("itemscope") is not None:
+            kinds = (ancestor.get("itemtype") or "").split()
+            return any(kind.rstrip("/").rsplit("/", 1)[-1] in _SITE_SCOPES for kind in kinds)
+    return False
+
+
+def _canonical(root: Any, url: str | None) -> str | None:
+    """The page's canonical URL when it is not the fetched one: it often holds the product
+    id, and the user message already shows the fetched URL."""
+    for link in root.iter("link"):
+        if "canonical" in (link.get("rel") or "").lower().split():
+            href = (link.get("href") or "").strip()
+            if not href:
+                return None
+            canonical = urljoin(url, href) if url else href
+            same = url and canonical.rstrip("/") == url.split("#")[0].rstrip("/")
+            return None if same else _WS.sub("", canonical)
+    return None
 
 
 def _useful_meta(key: str) -> bool:

@@ -152,24 +152,52 @@ def test_title_meta_and_open_graph_are_kept_without_urls_or_repeats():
     ]
 
 
-def test_microdata_values_held_in_attributes_are_kept():
+def test_microdata_values_are_labelled_from_attributes_and_from_text():
+    description = "A brass desk lamp with a linen shade. " * 8
     body = (
         '<div itemscope itemtype="https://schema.org/Product">'
-        '<span itemprop="name">Blue mug</span>'
-        '<meta itemprop="sku" content="MUG-1">'
-        '<span itemprop="price" content="12.99">12,99 €</span>'
+        '<span itemprop="name">Desk lamp</span>'
+        '<meta itemprop="sku" content="LMP-1">'
+        '<span itemprop="mpn">LMP-77</span>'
+        f'<div itemprop="description">{description}</div>'
+        '<div itemprop="brand" itemscope itemtype="https://schema.org/Brand">'
+        '<span itemprop="name">Lumos</span></div>'
+        '<span itemprop="price" content="49.90">49,90 €</span>'
         '<link itemprop="availability" href="https://schema.org/InStock">'
+        '<a itemprop="url" href="/lamp">Desk lamp page</a>'
+        '<time itemprop="releaseDate" datetime="2025-03-01">March</time>'
         '<meta itemprop="itemCondition" content="https://schema.org/NewCondition">'
         "</div>"
+        '<ol itemscope itemtype="https://schema.org/BreadcrumbList">'
+        '<li itemprop="itemListElement" itemscope itemtype="https://schema.org/ListItem">'
+        '<span itemprop="name">Home</span><meta itemprop="position" content="1"></li></ol>'
     )
-    result = slim_page(page(body))
-    assert result.structured.splitlines() == [
-        "itemprop sku: MUG-1",
-        "itemprop price: 12.99",
+    assert slim_page(page(body)).structured.splitlines() == [
+        "itemprop name: Desk lamp",
+        "itemprop sku: LMP-1",
+        "itemprop mpn: LMP-77",
+        "itemprop name: Lumos",
+        "itemprop price: 49.90",
         "itemprop availability: InStock",
+        "itemprop releaseDate: 2025-03-01",
         "itemprop itemCondition: NewCondition",
     ]
-    assert result.text == "Blue mug12,99 €"
+
+
+@pytest.mark.parametrize(
+    ("href", "url", "line"),
+    [
+        ("https://shop.example/p/lmp-77", "https://shop.example/p/lmp-77?utm=x", "canonical: https://shop.example/p/lmp-77"),
+        ("/p/lmp-77", "https://shop.example/lamps/7#reviews", "canonical: https://shop.example/p/lmp-77"),
+        ("https://shop.example/p/lmp-77", None, "canonical: https://shop.example/p/lmp-77"),
+        ("https://shop.example/p/lmp-77/", "https://shop.example/p/lmp-77", None),
+        ("/p/lmp-77", "https://shop.example/p/lmp-77#top", None),
+    ],
+)  # fmt: skip
+def test_the_canonical_url_is_kept_when_it_is_not_the_fetched_one(href, url, line):
+    head = f'<link rel="canonical" href="{href}">'
+    structured = slim_page(page("<h1>Lamp</h1>", head), url=url).structured
+    assert structured == (line or "")
 
 
 def test_scripts_styles_svg_comments_and_hidden_elements_are_dropped():
