@@ -3,7 +3,7 @@
 Run: ``python bench/bench_slimming.py [--corpus PATH]``
 
 For every page of the shared product corpus (``../shared/corpus/products``, or
-``$SCRAPY_LLM_EXTRACT_CORPUS/products``:
+``$PRODUCT_CORPUS_DIR/products``:
 gzipped HTML plus ``truth.json``) this counts the gpt-4o-mini tokens of the raw
 HTML and of the slimmed page, and checks that each known value (title, price,
 currency, brand, sku) is still present, compared on a normalised form. The
@@ -39,7 +39,7 @@ from scrapy_llm_extract.tokens import count_tokens
 MODEL = "gpt-4o-mini"
 FIELDS = ("title", "price", "currency", "brand", "sku")
 DEFAULT_CORPUS = Path(
-    os.environ.get("SCRAPY_LLM_EXTRACT_CORPUS")
+    os.environ.get("PRODUCT_CORPUS_DIR")
     or Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 )
 #: A currency counts as present by its code or one of its usual symbols.

@@ -16,17 +16,21 @@ import pytest
 from scrapy_llm_extract.emulator import CONFIG_FILE, EmulatorConfig, recorded_requests
 
 #: The shared product corpus (81 real pages with known values): beside the repository in CI
-#: (../shared/corpus), elsewhere with SCRAPY_LLM_EXTRACT_CORPUS. A clone without it still
+#: (../shared/corpus), elsewhere with PRODUCT_CORPUS_DIR. A clone without it still
 #: passes: its corpus tests are skipped and counted in the summary, except under CI=true.
 CORPUS = Path(
-    os.environ.get("SCRAPY_LLM_EXTRACT_CORPUS")
+    os.environ.get("PRODUCT_CORPUS_DIR")
     or Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 )
-CORPUS_MISSING = f"product corpus not found at {CORPUS} (set SCRAPY_LLM_EXTRACT_CORPUS)"
+CORPUS_MISSING = f"product corpus not found at {CORPUS} (set PRODUCT_CORPUS_DIR)"
 
 
 def corpus_present() -> bool:
     return (CORPUS / "products" / "truth.json").is_file()
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
 
 
 @pytest.fixture(scope="session")
@@ -34,13 +38,16 @@ def corpus() -> Path:
     """The corpus folder; skips the test without it, and fails it in CI, which has it."""
     if corpus_present():
         return CORPUS
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true but the {CORPUS_MISSING}: CI must not lose the corpus checks.")
+    if _in_ci():
+        pytest.fail(f"CI=true and {CORPUS_MISSING}: CI must not lose the corpus checks.")
     pytest.skip(CORPUS_MISSING)
 
 
 def pytest_report_header() -> str:
-    found = "found" if corpus_present() else "NOT FOUND: corpus tests are skipped"
+    if corpus_present():
+        found = "found"
+    else:
+        found = "NOT FOUND: corpus tests " + ("fail (CI=true)" if _in_ci() else "are skipped")
     return f"product corpus: {CORPUS} ({found})"
 
 

@@ -419,6 +419,30 @@ def test_every_known_corpus_value_survives_slimming(corpus):
     assert lost == []
 
 
+@pytest.mark.parametrize(("ci", "exit_code"), [("", 0), ("true", 1)])
+def test_without_the_corpus_its_tests_are_skipped_and_reported_or_fail_in_ci(ci, exit_code):
+    corpus_tests = [
+        f"{__file__}::test_every_known_corpus_value_survives_slimming",
+        f"{__file__}::test_no_corpus_page_with_text_slims_to_nearly_nothing",
+    ]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *corpus_tests],
+        env={**os.environ, "PRODUCT_CORPUS_DIR": "/nonexistent/corpus", "CI": ci},
+        capture_output=True,
+        text=True,
+        cwd=BENCH.parent.parent,
+    )
+    assert run.returncode == exit_code, run.stdout
+    if ci:
+        assert "2 errors" in run.stdout
+        assert "CI=true and product corpus not found at /nonexistent/corpus" in run.stdout
+    else:
+        assert "2 skipped" in run.stdout
+        assert "2 corpus test(s) left out: product corpus not found at /nonexistent/corpus" in (
+            run.stdout
+        )
+
+
 def test_no_corpus_page_with_text_slims_to_nearly_nothing(corpus):
     bench = _bench()
     shares, _ = bench.text_shares(list(bench.load_corpus(corpus)))
@@ -577,3 +601,24 @@ def test_a_page_losing_its_main_heading_is_slimmed_again():
         "<p>Brass, 45 cm, linen shade.</p>"
     )
     assert "Desk lamp" in slim_page(source).text
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        (b"\x00\xff\xfe<<<>>>\x80", "the source is binary data, not a page (1 NUL of its first 10"),
+        (b"PK\x03\x04" + bytes(range(256)) * 100, "the source is binary data"),
+        ("\x1b[0m\x07\x08" * 100 + "<p>ok</p>", "the source is mostly non-printable (49% control"),
+        (bytes(range(1, 32)) * 500, "the source is mostly non-printable"),
+    ],
+)
+def test_non_text_sources_are_refused_with_the_reason(source, reason):
+    assert slim_page(source) == SlimPage("", "", not_text=slim_page(source).not_text)
+    assert slim_page(source).not_text.startswith(reason)
+
+
+def test_text_with_a_stray_nul_or_in_utf16_is_still_a_page():
+    stray = page("<h1>Lamp</h1>" + "<p>Brass desk lamp with a linen shade.</p>" * 30 + "\x00")
+    assert slim_page(stray).text.startswith("# Lamp\nBrass desk lamp")
+    utf16 = page("<h1>Lamp</h1><p>49,90 €</p>").encode("utf-16")
+    assert slim_page(utf16) == SlimPage("", "# Lamp\n49,90 €")
