@@ -137,7 +137,7 @@ _NAME_SEPARATORS = re.compile(r"[-_\s:.]+")
 #: A React streaming segment (<div hidden id="S:1">): shown by the page's script, not hidden.
 _REACT_SEGMENT = re.compile(r"^S:[0-9a-f]+$")
 #: The itemtype of a product's microdata scope (schema.org Product and its kinds).
-_PRODUCT_ITEMTYPE = re.compile(r"/(?:Individual)?Product(?:Model|Group)?$", re.IGNORECASE)
+_PRODUCT_ITEMTYPE = re.compile(r"(?:^|/)(?:Individual)?Product(?:Model|Group)?/?$", re.IGNORECASE)
 
 _SKIP_TAGS = frozenset(
     {
@@ -756,7 +756,7 @@ def _is_boilerplate_name(names: str | None) -> bool:
         joined = ["".join(pair) for pair in itertools.pairwise(words)]  # "up-sell", "crossSell"
         if _OTHER_PRODUCTS.intersection(words + joined) or _BANNER_VENDORS.intersection(words):
             return True
-        if words and words[0] in _BANNER_KINDS and len(words) == 1:
+        if len(words) == 1 and words[0] in _BANNER_KINDS:
             return True
         if any(a in _BANNER_KINDS and b in _BANNER_WORDS for a, b in itertools.pairwise(words)):
             return True

@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lxml.html
 import pytest
 
+from scrapy_llm_extract import slim as slim_module
 from scrapy_llm_extract.slim import (
     MAX_STRUCTURED_CHARS,
     MAX_TEXT_CHARS,
@@ -441,6 +443,43 @@ def test_without_the_corpus_its_tests_are_skipped_and_reported_or_fail_in_ci(ci,
         assert "2 corpus test(s) left out: product corpus not found at /nonexistent/corpus" in (
             run.stdout
         )
+
+
+def _with_failure_classes(source: bytes) -> tuple[str, str]:
+    """A corpus page re-serialised as is, and with every observed failure class injected:
+    the block holding its heading aria-hidden, display:none and classed "with-cookie-info",
+    the body classed as a "-gdpr" theme and styled with backface-visibility."""
+    text = slim_module._decode(source, None, None)
+    pages = []
+    for inject in (False, True):
+        root = lxml.html.document_fromstring(text)
+        body = root.find("body")
+        heading = next((h for h in root.iter("h1") if h.text_content().strip()), None)
+        if inject and body is not None:
+            body.set("class", (body.get("class") or "") + " theme-lumos-gdpr")
+            body.set("style", "-webkit-backface-visibility: hidden")
+        if inject and heading is not None:
+            block = [a for a in heading.iterancestors() if a.tag not in ("body", "html")]
+            block = block[-1] if block else heading
+            block.set("aria-hidden", "true")
+            block.set("style", "display: none")
+            block.set("class", (block.get("class") or "") + " product-card with-cookie-info")
+        pages.append(lxml.html.tostring(root, encoding=str))
+    return pages[0], pages[1]
+
+
+def test_corpus_pages_with_the_failure_classes_injected_keep_their_values(corpus):
+    bench = _bench()
+    lost = []
+    for corpus_page in bench.load_corpus(corpus):
+        plain, injected = _with_failure_classes(corpus_page.source)
+        before = set(bench.missing_fields(corpus_page.truth, bench.slim_prompt(plain)))
+        result = slim_page(injected)
+        after = set(bench.missing_fields(corpus_page.truth, result.structured + "\n" + result.text))
+        lost.extend(f"{corpus_page.id}:{field}" for field in sorted(after - before))
+        if bench.visible_chars(bench.baseline_prompt(plain.encode())) and not result.text:
+            lost.append(f"{corpus_page.id}:emptied")
+    assert lost == []
 
 
 def test_no_corpus_page_with_text_slims_to_nearly_nothing(corpus):
