@@ -661,3 +661,26 @@ def test_text_with_a_stray_nul_or_in_utf16_is_still_a_page():
     assert slim_page(stray).text.startswith("# Lamp\nBrass desk lamp")
     utf16 = page("<h1>Lamp</h1><p>49,90 €</p>").encode("utf-16")
     assert slim_page(utf16) == SlimPage("", "# Lamp\n49,90 €")
+
+
+@pytest.mark.parametrize(
+    "wrapper",
+    [
+        "<nav>{}</nav>",
+        "<footer>{}</footer>",
+        "<dialog open>{}</dialog>",
+        "<div hidden>{}</div>",
+        '<div role="contentinfo">{}</div>',
+        '<div role="dialog" aria-hidden="true">{}</div>',
+        '<div style="display:none">{}</div>',
+        '<div class="cookie-consent-banner">{}</div>',
+        '<div id="onetrust-banner-sdk">{}</div>',
+        '<section class="related-products">{}</section>',
+        "<header>{}</header>",
+        '<div hidden><footer class="cookie-notice" style="visibility:hidden">{}</footer></div>',
+    ],
+)
+def test_no_page_with_text_slims_to_nothing_whatever_wraps_it(wrapper):
+    content = "<p>Brass desk lamp, 45 cm</p><p>Price 49,90 €</p>"
+    result = slim_page(page(wrapper.format(content)))
+    assert result.text == "Brass desk lamp, 45 cm\nPrice 49,90 €"
