@@ -6,8 +6,7 @@ takes, kept apart from the Scrapy glue so it can be tested on plain items.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from itemadapter import ItemAdapter
@@ -61,7 +60,7 @@ def build_request(
         raise InvalidInput("empty_page", "the page has no text or structured data")
     request = builder.build(page, url=url, schema=schema.schema, schema_name=schema.name)
     if page.fallback:
-        request = dataclasses.replace(request, slim_fallback=True)
+        request = replace(request, slim_fallback=True)
     _ = request.body_json  # serialised here (cached), so a worker sends the JSON back ready
     return request
 
