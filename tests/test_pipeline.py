@@ -144,14 +144,19 @@ async def test_binary_sources_pass_on_with_the_reason_counted_and_logged(tmp_pat
 
 @pytest.mark.parametrize("workers", [0, 1])
 @deferred_f_from_coro_f
-async def test_pages_the_drop_rules_would_empty_are_counted(tmp_path, workers):
+async def test_pages_the_drop_rules_would_empty_are_counted(tmp_path, workers, caplog):
     crawler, pipeline = await open_pipeline(tmp_path, LLM_EXTRACT_PREPARE_WORKERS=workers)
     await pipeline.workers.start()
     emptied = Product(url="u1", html="<footer><p>Brass desk lamp, 49,90 €</p></footer>")
     normal = Product(url="u2", html="<h1>Desk lamp</h1><p>49,90 €</p><footer>Imprint</footer>")
-    for item in (emptied, normal):
-        with pytest.raises(DropItem, match="spooled"):
-            await pipeline.process_item(item)
+    with caplog.at_level(logging.INFO, logger="scrapy_llm_extract.pipeline"):
+        for item in (emptied, normal):
+            with pytest.raises(DropItem, match="spooled"):
+                await pipeline.process_item(item)
     await pipeline.close_spider()
     assert crawler.stats.get_value("llm_extract/slim/fallback") == 1
+    assert [r.getMessage() for r in caplog.records if "drop rules" in r.getMessage()] == [
+        "Slimming's drop rules would have emptied u1 or taken its main heading; it is sent"
+        " slimmed without them (llm_extract/slim/fallback)."
+    ]
     assert crawler.stats.get_value("llm_extract/prepare/in_workers") == (2 if workers else None)
