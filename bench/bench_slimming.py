@@ -2,14 +2,18 @@
 
 Run: ``python bench/bench_slimming.py [--corpus PATH]``
 
-For every page of the shared product corpus (``../shared/corpus/products``:
+For every page of the shared product corpus (``../shared/corpus/products``, or
+``$PRODUCT_CORPUS_DIR/products``:
 gzipped HTML plus ``truth.json``) this counts the gpt-4o-mini tokens of the raw
 HTML and of the slimmed page, and checks that each known value (title, price,
 currency, brand, sku) is still present, compared on a normalised form. The
 prompt is measured as ``structured + "\\n" + text``: the exact user message
 (delimiters, URL) is the request builder's and adds a constant ~30 tokens.
 A plain visible-text baseline (body text without scripts and styles) is
-measured in the same run, so the figures read as ratios against it.
+measured in the same run, so the figures read as ratios against it. It is also
+the page's text against which a page counts as emptied: its slimmed visible
+text is under 20 % of it (menus and footers are dropped, so some pages are, by
+design); the slimming guard's fallbacks are counted too.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import gzip
 import html
 import json
+import os
 import re
 import statistics
 import time
@@ -33,7 +38,10 @@ from scrapy_llm_extract.tokens import count_tokens
 
 MODEL = "gpt-4o-mini"
 FIELDS = ("title", "price", "currency", "brand", "sku")
-DEFAULT_CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+DEFAULT_CORPUS = Path(
+    os.environ.get("PRODUCT_CORPUS_DIR")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+)
 #: A currency counts as present by its code or one of its usual symbols.
 CURRENCY_SYMBOLS = {
     "USD": ("$",),
@@ -45,6 +53,8 @@ CURRENCY_SYMBOLS = {
     "INR": ("₹",),
 }
 _NUMBER = re.compile(r"\d[\d.,]*")
+#: A page whose slimmed visible text is under this share of its text counts as emptied.
+EMPTIED_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -162,6 +172,22 @@ def measure(pages: list[Page], convert: Callable[[bytes], str]) -> Figures:
     return figures
 
 
+def visible_chars(text: str) -> int:
+    return len(re.sub(r"\s+", "", text))
+
+
+def text_shares(pages: list[Page]) -> tuple[list[tuple[str, float]], int]:
+    """Each page's slimmed visible text as a share of its text, and the guard's fallbacks."""
+    shares, fallbacks = [], 0
+    for page in pages:
+        slim = slim_page(page.source)
+        fallbacks += slim.fallback
+        page_chars = visible_chars(baseline_prompt(page.source))
+        if page_chars:
+            shares.append((page.id, visible_chars(slim.text) / page_chars))
+    return shares, fallbacks
+
+
 def p90(values: Sequence[float]) -> float:
     return statistics.quantiles(values, n=10)[-1]
 
@@ -212,6 +238,15 @@ def main() -> None:
     for label, stat in (("median ms / page", statistics.median), ("p90 ms / page", p90)):
         cells = "".join(f"{stat(run.seconds) * 1000:12.1f}" for run in runs.values())
         print(f"{label:28}{'':12}{cells}")
+    shares, fallbacks = text_shares(pages)
+    emptied = sorted((share, page_id) for page_id, share in shares if share < EMPTIED_SHARE)
+    print(
+        f"pages with text whose slimmed text is under {EMPTIED_SHARE:.0%} of it:"
+        f" {len(emptied)}/{len(shares)} ({len(emptied) / len(shares):.1%});"
+        f" under 1%: {sum(share < 0.01 for share, _ in emptied)}; slim fallbacks: {fallbacks}"
+    )
+    if args.show_misses and emptied:
+        print("under 20%:", ", ".join(f"{page_id}:{share:.1%}" for share, page_id in emptied))
     if slim.misses:
         print("slim lost:", ", ".join(f"{page_id}:{field}" for page_id, field in slim.misses))
     if args.show_misses:

@@ -6,7 +6,7 @@ takes, kept apart from the Scrapy glue so it can be tested on plain items.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from itemadapter import ItemAdapter
@@ -53,10 +53,14 @@ def build_request(
     builder: RequestBuilder, source: str | bytes, url: str | None, schema: ExtractionSchema
 ) -> ExtractionRequest:
     """Slim the page and build its request: the CPU-heavy step, run inline or in a worker."""
-    page = slim_page(source)
+    page = slim_page(source, url=url)
+    if page.not_text:
+        raise InvalidInput("not_text", page.not_text)
     if not page.structured and not page.text:
         raise InvalidInput("empty_page", "the page has no text or structured data")
     request = builder.build(page, url=url, schema=schema.schema, schema_name=schema.name)
+    if page.fallback:
+        request = replace(request, slim_fallback=True)
     _ = request.body_json  # serialised here (cached), so a worker sends the JSON back ready
     return request
 

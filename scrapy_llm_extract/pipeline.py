@@ -90,6 +90,13 @@ class LLMExtractPipeline:
             return item
         if prepared.request.truncated:
             self.stats.inc_value("llm_extract/prompt/truncated")
+        if prepared.request.slim_fallback:
+            self.stats.inc_value("llm_extract/slim/fallback")
+            logger.info(
+                "Slimming's drop rules would have emptied %s or taken its main heading; it is"
+                " sent slimmed without them (llm_extract/slim/fallback).",
+                prepared.url,
+            )
         self.stats.inc_value("llm_extract/prompt/tokens", prepared.request.prompt_tokens)
         if route == REALTIME:
             outcome = await self.realtime.extract(prepared)

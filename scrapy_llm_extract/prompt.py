@@ -49,6 +49,8 @@ class ExtractionRequest:
     body: dict[str, Any]
     prompt_tokens: int
     truncated: bool
+    #: Slimming's drop rules emptied the page, so it was slimmed without them.
+    slim_fallback: bool = False
 
     @cached_property
     def body_json(self) -> str:

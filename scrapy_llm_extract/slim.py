@@ -16,13 +16,16 @@ milliseconds per page against a model call that takes a second and costs money.
 from __future__ import annotations
 
 import codecs
+import functools
 import html
+import itertools
 import json
 import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urljoin
 
 import lxml.html
 from lxml import etree
@@ -34,6 +37,12 @@ logger = logging.getLogger(__name__)
 #: Real product pages measure up to ~5 M characters, almost all of it scripts, and
 #: parsing this much takes well under a second, so memory and time stay bounded.
 MAX_INPUT_CHARS = 8_000_000
+#: Characters of the decoded start of a source judged to tell text from binary data.
+TEXT_SNIFF_CHARS = 65_536
+#: Text has no NUL characters; binary data (images, archives, PDFs) has about 1 in 256.
+MAX_NUL_SHARE = 0.001
+#: Share of control or undecodable characters above which a source is not text.
+MAX_UNPRINTABLE_SHARE = 0.3
 #: Output caps (characters): far above what a product page slims to, low enough that
 #: counting tokens afterwards stays cheap. The request builder truncates by tokens.
 MAX_TEXT_CHARS = 200_000
@@ -42,6 +51,8 @@ MAX_STRUCTURED_CHARS = 50_000
 MAX_JSON_STRING_CHARS = 500
 #: Shorter structured values are kept even when the visible text repeats them.
 MIN_DUPLICATE_CHARS = 60
+#: Longer microdata text is prose, left to the visible text ("itemprop description").
+MAX_MICRODATA_TEXT_CHARS = 200
 #: Reviews kept per JSON-LD list: a few show the tone, hundreds only cost tokens.
 MAX_REVIEWS = 3
 #: A list with at least this many items that are nothing but links is a menu.
@@ -50,6 +61,13 @@ MENU_MIN_ITEMS = 6
 COUNTER_MIN_WORDS = 3
 #: A <select> with more options than this is a country / currency picker.
 MAX_SELECT_OPTIONS = 20
+#: A block with at least this share of the page's visible text is the page: never dropped.
+MAIN_CONTAINER_SHARE = 0.5
+#: aria-hidden hides from screen readers, not from the eye: it drops small blocks only.
+ARIA_HIDDEN_MAX_SHARE = 0.25
+#: A page whose drop rules keep less than this share of its visible text, or lose its main
+#: heading, is slimmed again without them (see SlimPage.fallback).
+MIN_KEPT_SHARE = 0.01
 
 
 @dataclass(frozen=True)
@@ -58,11 +76,18 @@ class SlimPage:
 
     structured: str  # lines "key: value" (JSON-LD as "ld+json: <compact json>")
     text: str  # visible text with structure
+    #: The drop rules emptied the page or took its main heading, so it was slimmed again
+    #: without them: counted, since it shows a page layout the rules misread.
+    fallback: bool = False
+    #: Why the source was refused as not text (binary, mostly non-printable); both parts
+    #: are then empty. Sent, it would cost a full prompt of noise.
+    not_text: str = ""
 
 
 EMPTY = SlimPage("", "")
 
 _WS = re.compile(r"\s+")
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f\ufffd]")
 _ALNUM = re.compile(r"\w")
 _INTEGER = re.compile(r"\d+")
 _WORD = re.compile(r"[^\W\d]+")
@@ -76,14 +101,43 @@ _HTML_SNIFF = re.compile(
     r"<(?:!doctype|html|head|body|meta|script|style|title|div|span|p|a|ul|li|table|h[1-6]|br|img)\b",
     re.IGNORECASE,
 )
-#: id/class of banners and of other products' carousels (related, cross-sells, recently
-#: viewed): other products' names and prices would only mislead the model.
-_BOILERPLATE_ID = re.compile(
-    r"cookie|consent|gdpr|onetrust|didomi|cookiebot"
-    r"|(?<![a-z])(?:related|up[-_]?sells?|cross[-_]?sells?|recently[-_]?viewed)(?![a-z])",
+#: Words of consent-banner ids and classes ("cookie-notice", "CybotCookiebotDialog"). A
+#: kind word counts alone or followed by a banner word, so a theme named "shop-gdpr", a
+#: product section "with-cookie-info" or a "cookie-cutter" is not a banner.
+_BANNER_KINDS = frozenset(
+    {"cookie", "cookies", "consent", "gdpr", "ccpa", "cookieconsent", "cookiebanner", "cookiebar",
+     "cookielaw", "cookielawinfo", "cookienotice", "cookiepolicy"}
+)  # fmt: skip
+_BANNER_WORDS = frozenset(
+    {
+        "banner", "bar", "notice", "notification", "popup", "pop", "modal", "overlay", "dialog",
+        "consent", "cookie", "cookies", "law", "message", "msg", "box", "layer", "alert",
+        "prompt", "wrapper", "wrap", "container", "settings", "preferences", "pref", "prefs",
+        "policy", "window", "panel", "manager", "widget", "root", "sdk", "statement", "hint",
+        "warning", "disclaimer",
+    }
+)  # fmt: skip
+#: Consent-platform names: any id or class word of theirs is their banner.
+_BANNER_VENDORS = frozenset(
+    {"onetrust", "didomi", "cookiebot", "cybot", "usercentrics", "cmplz", "termly", "iubenda",
+     "cookieyes", "klaro", "osano", "truste", "trustarc", "borlabs", "quantcast", "moove"}
+)  # fmt: skip
+#: Other products' carousels (related, cross-sells, recently viewed): their names and
+#: prices would only mislead the model. Words joined as the split ids spell them.
+_OTHER_PRODUCTS = frozenset(
+    {"related", "upsell", "upsells", "crosssell", "crosssells", "recentlyviewed"}
+)
+#: Cheap first test of an id or class: could it be one of the names above?
+_BOILERPLATE_HINT = re.compile(
+    "|".join(sorted(_BANNER_KINDS | _BANNER_VENDORS | {"related", "sell", "recently"})),
     re.IGNORECASE,
 )
-_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_NAME_SEPARATORS = re.compile(r"[-_\s:.]+")
+#: A React streaming segment (<div hidden id="S:1">): shown by the page's script, not hidden.
+_REACT_SEGMENT = re.compile(r"^S:[0-9a-f]+$")
+#: The itemtype of a product's microdata scope (schema.org Product and its kinds).
+_PRODUCT_ITEMTYPE = re.compile(r"(?:^|/)(?:Individual)?Product(?:Model|Group)?/?$", re.IGNORECASE)
 
 _SKIP_TAGS = frozenset(
     {
@@ -92,6 +146,11 @@ _SKIP_TAGS = frozenset(
     }
 )  # fmt: skip
 _BOILERPLATE_TAGS = frozenset({"nav", "footer", "dialog"})
+#: Rules that read a name or a flag, which page builders reuse loosely: they never take a
+#: block holding most of the page's text.
+_ATTRIBUTE_RULES = frozenset({"hidden", "style", "name", "aria"})
+#: Never dropped by a rule: they are the page.
+_PAGE_TAGS = frozenset({"html", "body", "main"})
 _BOILERPLATE_ROLES = frozenset({"navigation", "contentinfo", "dialog", "alertdialog"})
 _BLOCK_TAGS = frozenset(
     {
@@ -121,6 +180,14 @@ _SITE_JSON_TYPES = frozenset(
 _PRODUCT_JSON_TYPES = frozenset(
     {"Product", "ProductGroup", "IndividualProduct", "ProductModel", "Offer", "AggregateOffer"}
 )
+#: Microdata scopes whose values are not the product's (values in them are left out).
+_SITE_SCOPES = frozenset(
+    {
+        "WebSite", "WebPage", "SiteNavigationElement", "WPHeader", "WPFooter", "WPSideBar",
+        "BreadcrumbList", "ListItem", "ItemList", "FAQPage", "Question", "Answer", "Review",
+        "Comment",
+    }
+)  # fmt: skip
 _REVIEW_KEYS = frozenset({"review", "reviews"})
 #: JSON-LD and meta keys holding prose, dropped when the visible text repeats it.
 _PROSE_KEYS = frozenset(
@@ -148,18 +215,27 @@ _META_DROP = frozenset(
 
 
 def slim_page(
-    source: str | bytes, *, encoding: str | None = None, content_type: str | None = None
+    source: str | bytes,
+    *,
+    encoding: str | None = None,
+    content_type: str | None = None,
+    url: str | None = None,
 ) -> SlimPage:
     """Reduce a page (HTML, JSON or plain text) to its compact prompt form.
 
     Never raises: the page is untrusted input and a bad one must not drop the item.
     ``encoding`` (e.g. ``response.encoding``) wins over what the page declares;
-    ``content_type`` (the Content-Type header) helps both decoding and sniffing.
+    ``content_type`` (the Content-Type header) helps both decoding and sniffing;
+    ``url`` (where the page was fetched) resolves a relative canonical URL, which is kept
+    only when it differs.
     """
     try:
         text = _decode(source, encoding, content_type)[:MAX_INPUT_CHARS]
         if not text.strip():
             return EMPTY
+        refused = _not_text(text)
+        if refused:
+            return SlimPage("", "", not_text=refused)
         kind = _sniff(text, content_type)
         if kind == "json":
             structured = _slim_json(text)
@@ -168,7 +244,7 @@ def slim_page(
             kind = "text"
         if kind == "text":
             return SlimPage("", _finish(_plain_lines(text.splitlines()), MAX_TEXT_CHARS))
-        return _slim_html(text)
+        return _slim_html(text, url)
     except Exception:  # a slimming bug must not lose the item
         logger.warning("Could not slim a page; sending its text without markup", exc_info=True)
         raw = source.decode("utf-8", "replace") if isinstance(source, bytes) else source
@@ -184,6 +260,25 @@ def _decode(source: str | bytes, encoding: str | None, content_type: str | None)
     if encoding and _known_codec(encoding):
         header = f"{(content_type or 'text/html').split(';')[0]}; charset={encoding}"
     return html_to_unicode(header, source, auto_detect_fun=_detect_encoding)[1]
+
+
+def _not_text(text: str) -> str:
+    """Why ``text`` (decoded) is not a page worth sending, judged on its start; "" if it is."""
+    sample = text[:TEXT_SNIFF_CHARS]
+    nuls = sample.count("\x00")
+    if nuls > MAX_NUL_SHARE * len(sample):
+        return (
+            f"the source is binary data, not a page ({nuls} NUL of its first {len(sample)}"
+            " characters): check that the source field holds the response's HTML"
+        )
+    unprintable = len(_UNPRINTABLE.findall(sample))
+    if unprintable > MAX_UNPRINTABLE_SHARE * len(sample):
+        return (
+            f"the source is mostly non-printable ({unprintable / len(sample):.0%} control or"
+            " undecodable characters): check that the source field holds the response's HTML"
+            " and its encoding"
+        )
+    return ""
 
 
 def _known_codec(name: str) -> bool:
@@ -229,7 +324,7 @@ def _slim_json(text: str) -> SlimPage | None:
     return SlimPage(_finish([f"json: {_dump(compact)}"], MAX_STRUCTURED_CHARS), "")
 
 
-def _slim_html(text: str) -> SlimPage:
+def _slim_html(text: str, url: str | None) -> SlimPage:
     parser = lxml.html.HTMLParser(
         encoding="utf-8", remove_comments=True, remove_pis=True, no_network=True
     )
@@ -237,20 +332,40 @@ def _slim_html(text: str) -> SlimPage:
         root = lxml.html.document_fromstring(text.encode("utf-8", "surrogatepass"), parser)
     except (etree.ParserError, ValueError):
         return EMPTY
-    lines = _TextWriter().walk(root)
-    structured = _structured_lines(root, visible="\n".join(lines))
-    return SlimPage(_finish(structured, MAX_STRUCTURED_CHARS), _finish(lines, MAX_TEXT_CHARS))
+    ld_json = [
+        script.text or ""
+        for script in root.iter("script")
+        if (script.get("type") or "").strip().lower() == "application/ld+json"
+    ]
+    shape = _PageShape(root)
+    writer = _TextWriter(shape)
+    lines = writer.walk()
+    fallback = _lost_main_content(shape, writer)
+    if fallback:
+        lines = _TextWriter(shape, drop_rules=False).walk()
+    structured = _structured_lines(root, ld_json, visible="\n".join(lines), url=url)
+    return SlimPage(
+        _finish(structured, MAX_STRUCTURED_CHARS), _finish(lines, MAX_TEXT_CHARS), fallback
+    )
+
+
+def _lost_main_content(shape: _PageShape, writer: _TextWriter) -> bool:
+    """The guard: did the drop rules take (nearly) all the visible text or the main heading?"""
+    if not shape.text_chars or writer.cut:
+        return False
+    if _char_count("".join(writer.lines)) < MIN_KEPT_SHARE * shape.text_chars:
+        return True
+    return shape.heading is not None and not writer.heading_kept
 
 
 # --- structured data -------------------------------------------------------------------------
 
 
-def _structured_lines(root: Any, visible: str) -> list[str]:
-    """JSON-LD, then <title> and meta tags, then microdata values held in attributes."""
+def _structured_lines(root: Any, ld_json: list[str], visible: str, url: str | None) -> list[str]:
+    """JSON-LD, then <title> and meta tags, then microdata values, then the canonical URL."""
     lines: list[str] = []
-    for script in root.iter("script"):
-        if (script.get("type") or "").strip().lower() == "application/ld+json":
-            lines.extend(_ld_json_lines(script.text or "", visible))
+    for block in ld_json:
+        lines.extend(_ld_json_lines(block, visible))
     seen_values: set[str] = set()
 
     def add(key: str, value: str | None) -> None:
@@ -269,16 +384,57 @@ def _structured_lines(root: Any, visible: str) -> list[str]:
         if key and _useful_meta(key) and meta.get("itemprop") is None:
             add(key, meta.get("content"))
     for element in root.xpath("//*[@itemprop]"):
-        value = element.get("content")
-        if value is None and element.tag in ("link", "a"):
-            value = element.get("href")
-            value = value if value and _SCHEMA_ORG.match(value) else None
-        if value is None and element.tag == "data":
-            value = element.get("value")
-        if value is not None:
-            # schema.org enumerations ("https://schema.org/InStock") are values, not links.
-            add(f"itemprop {element.get('itemprop').strip()}", _SCHEMA_ORG.sub("", value))
+        value = _microdata_value(element)
+        if value is not None and not _in_site_scope(element):
+            add(f"itemprop {element.get('itemprop').strip()}", value)
+    canonical = _canonical(root, url)
+    if canonical:
+        lines.append(f"canonical: {canonical}")
     return lines
+
+
+def _microdata_value(element: Any) -> str | None:
+    """An itemprop's value: its attribute (content, href, value, datetime) or, for a plain
+    element, its text ("<span itemprop=sku>LMP-77</span>"); None for URLs and nested items."""
+    value = element.get("content")
+    if value is None and element.tag in ("link", "a"):
+        href = element.get("href")
+        if href and _SCHEMA_ORG.match(href):
+            # schema.org enumerations ("https://schema.org/InStock") are values, not links.
+            return _SCHEMA_ORG.sub("", href)
+        return None  # a URL (microdata reads links' href, not their text)
+    if value is None and element.tag in ("data", "meter"):
+        value = element.get("value")
+    if value is None and element.tag == "time":
+        value = element.get("datetime")
+    if value is None and element.get("itemscope") is None and element.tag not in _SKIP_TAGS:
+        value = _WS.sub(" ", element.text_content()).strip()
+        if len(value) > MAX_MICRODATA_TEXT_CHARS:
+            return None  # prose (a description): read in the visible text
+    return _SCHEMA_ORG.sub("", value) if value is not None else None
+
+
+def _in_site_scope(element: Any) -> bool:
+    """An itemprop of breadcrumbs, FAQs, reviews or the site: not the product's data."""
+    for ancestor in element.iterancestors():
+        if ancestor.get("itemscope") is not None:
+            kinds = (ancestor.get("itemtype") or "").split()
+            return any(kind.rstrip("/").rsplit("/", 1)[-1] in _SITE_SCOPES for kind in kinds)
+    return False
+
+
+def _canonical(root: Any, url: str | None) -> str | None:
+    """The page's canonical URL when it is not the fetched one: it often holds the product
+    id, and the user message already shows the fetched URL."""
+    for link in root.iter("link"):
+        if "canonical" in (link.get("rel") or "").lower().split():
+            href = (link.get("href") or "").strip()
+            if not href:
+                return None
+            canonical = urljoin(url, href) if url else href
+            same = url and canonical.rstrip("/") == url.split("#")[0].rstrip("/")
+            return None if same else _WS.sub("", canonical)
+    return None
 
 
 def _useful_meta(key: str) -> bool:
@@ -408,9 +564,15 @@ def _dump(value: Any) -> str:
 
 
 class _TextWriter:
-    """Collects visible text as lines: "# heading", "- item", "cell | cell", plain lines."""
+    """Collects visible text as lines: "# heading", "- item", "cell | cell", plain lines.
 
-    def __init__(self) -> None:
+    With ``drop_rules`` off only what a browser never shows (scripts, styles...) is left
+    out: the guard's second pass on a page the rules emptied.
+    """
+
+    def __init__(self, page: _PageShape, *, drop_rules: bool = True) -> None:
+        self.page = page
+        self.drop_rules = drop_rules
         self.lines: list[str] = []
         self.parts: list[str] = []
         self.prefix = ""
@@ -418,11 +580,11 @@ class _TextWriter:
         self.seen: set[str] = set()
         self.counter: tuple[str, int] | None = None
         self.size = 0
+        self.heading_kept = False
+        self.cut = False  # stopped at MAX_TEXT_CHARS
 
-    def walk(self, root: Any) -> list[str]:
-        body = root.find("body")
-        start = body if body is not None else root
-        stack: list[tuple[Any, bool]] = [(start, False)]
+    def walk(self) -> list[str]:
+        stack: list[tuple[Any, bool]] = [(self.page.start, False)]
         while stack and self.size <= MAX_TEXT_CHARS:  # the rest would be cut anyway
             element, closing = stack.pop()
             if closing:
@@ -434,33 +596,24 @@ class _TextWriter:
                 if element.tail:
                     self.parts.append(element.tail)
                 continue
+            self.heading_kept = self.heading_kept or element is self.page.heading
             self._open(element)
             if element.text:
                 self.parts.append(element.text)
             stack.append((element, True))
             stack.extend((child, False) for child in reversed(element))
+        self.cut = bool(stack)
         self._flush()
         return self.lines
 
     def _skip(self, element: Any) -> bool:
         tag = element.tag
-        if tag in _SKIP_TAGS or tag in _BOILERPLATE_TAGS:
+        if tag in _SKIP_TAGS:
             return True
-        if element.get("hidden") is not None or element.get("aria-hidden") == "true":
-            return True
-        role = (element.get("role") or "").strip().lower()
-        if role in _BOILERPLATE_ROLES:
-            return True
-        if (tag == "header" or role == "banner") and _is_banner(element):
-            return True
-        style = element.get("style")
-        if style and _HIDDEN_STYLE.search(style):
-            return True
-        ident = (element.get("id") or "") + " " + (element.get("class") or "")
-        if _BOILERPLATE_ID.search(ident):
-            return True
-        if tag in ("ul", "ol") and _is_menu(element):
-            return True
+        if self.drop_rules:
+            rule = _drop_rule(element)
+            if rule is not None and self.page.droppable(element, rule):
+                return True
         if tag == "select":
             self._select(element)
             return True
@@ -554,6 +707,120 @@ def _is_menu(element: Any) -> bool:
         if text and linked < len(text):
             return False
     return True
+
+
+def _drop_rule(element: Any) -> str | None:
+    """The rule that would drop ``element`` as hidden or boilerplate, if any."""
+    tag = element.tag
+    if tag in _BOILERPLATE_TAGS:
+        return "tag"
+    if element.get("hidden") is not None and not _REACT_SEGMENT.match(element.get("id") or ""):
+        return "hidden"
+    role = (element.get("role") or "").strip().lower()
+    if role in _BOILERPLATE_ROLES:
+        return "role"
+    if (tag == "header" or role == "banner") and _is_banner(element):
+        return "banner"
+    style = element.get("style")
+    if style and _hidden_by_style(style):
+        return "style"
+    if _is_boilerplate_name(element.get("id")) or _is_boilerplate_name(element.get("class")):
+        return "name"
+    if (element.get("aria-hidden") or "").strip().lower() == "true":
+        return "aria"
+    if tag in ("ul", "ol") and _is_menu(element):
+        return "menu"
+    return None
+
+
+def _hidden_by_style(style: str) -> bool:
+    """``display: none`` or ``visibility: hidden`` as declarations, not as substrings."""
+    for declaration in style.split(";"):
+        name, colon, value = declaration.partition(":")
+        if not colon:
+            continue
+        name = name.strip().lower()
+        value = value.lower().replace("!important", "").strip()
+        if (name, value) in (("display", "none"), ("visibility", "hidden")):
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_boilerplate_name(names: str | None) -> bool:
+    """An id or class list naming a consent banner or other products' carousel."""
+    if not names or not _BOILERPLATE_HINT.search(names):
+        return False
+    for name in names.split():
+        words = [w.lower() for w in _NAME_SEPARATORS.split(_CAMEL.sub(" ", name)) if w]
+        joined = ["".join(pair) for pair in itertools.pairwise(words)]  # "up-sell", "crossSell"
+        if _OTHER_PRODUCTS.intersection(words + joined) or _BANNER_VENDORS.intersection(words):
+            return True
+        if len(words) == 1 and words[0] in _BANNER_KINDS:
+            return True
+        if any(a in _BANNER_KINDS and b in _BANNER_WORDS for a, b in itertools.pairwise(words)):
+            return True
+    return False
+
+
+def _char_count(text: str) -> int:
+    """Visible characters of ``text``: whitespace does not count."""
+    return len("".join(text.split()))
+
+
+class _PageShape:
+    """What the drop rules must leave: the main heading, the product's scope and any
+    container of most of the page's text; measured once per page."""
+
+    def __init__(self, root: Any) -> None:
+        body = root.find("body")
+        self.start = body if body is not None else root
+        # Text a browser never shows goes first (JSON-LD is read before): sizes below are
+        # then the text of the tree, measured in C, and the walk meets fewer elements.
+        etree.strip_elements(self.start, *_TEXT_HOLDING_UNSEEN_TAGS, with_tail=False)
+        self.text_chars = _visible_chars(self.start)
+        self.heading = _main_heading(self.start)
+        anchors = [self.heading] if self.heading is not None else []
+        anchors += [
+            scope
+            for scope in self.start.xpath("descendant-or-self::*[@itemtype]")
+            if any(_PRODUCT_ITEMTYPE.search(kind) for kind in scope.get("itemtype").split())
+        ]
+        self.protected = {element for anchor in anchors for element in _self_and_ancestors(anchor)}
+
+    def droppable(self, element: Any, rule: str) -> bool:
+        """Whether a drop rule may take ``element``: never the page, its main content, nor,
+        for aria-hidden (hidden from screen readers, not from the eye), a big block."""
+        if element.tag in _PAGE_TAGS or element in self.protected:
+            return False
+        if rule not in _ATTRIBUTE_RULES:
+            return True  # <nav>, <footer>, menus: what they are does not depend on a name
+        size = _visible_chars(element)
+        if size >= MAIN_CONTAINER_SHARE * self.text_chars:
+            return False
+        return not (rule == "aria" and size > ARIA_HIDDEN_MAX_SHARE * self.text_chars)
+
+
+def _self_and_ancestors(element: Any) -> Iterator[Any]:
+    yield element
+    yield from element.iterancestors()
+
+
+def _main_heading(start: Any) -> Any:
+    """The page's first <h1> with text (later ones are often other products' titles)."""
+    for heading in start.iter("h1"):
+        if _WS.sub("", heading.text_content()):
+            return heading
+    return None
+
+
+#: Unseen elements that hold text; removed from the tree before it is measured and read.
+_TEXT_HOLDING_UNSEEN_TAGS = ("script", "style", "noscript", "template", "svg", "math", "textarea")
+
+
+def _visible_chars(element: Any) -> int:
+    """Visible characters under ``element`` (unseen text already removed), rules aside."""
+    return _char_count(etree.tostring(element, method="text", encoding=str, with_tail=False))
 
 
 # --- output ----------------------------------------------------------------------------------

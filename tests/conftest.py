@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +14,53 @@ from typing import Any
 import pytest
 
 from scrapy_llm_extract.emulator import CONFIG_FILE, EmulatorConfig, recorded_requests
+
+#: The shared product corpus (81 real pages with known values): beside the repository in CI
+#: (../shared/corpus), elsewhere with PRODUCT_CORPUS_DIR. A clone without it still
+#: passes: its corpus tests are skipped and counted in the summary, except under CI=true.
+CORPUS = Path(
+    os.environ.get("PRODUCT_CORPUS_DIR")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+)
+CORPUS_MISSING = f"product corpus not found at {CORPUS} (set PRODUCT_CORPUS_DIR)"
+
+
+def corpus_present() -> bool:
+    return (CORPUS / "products" / "truth.json").is_file()
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    """The corpus folder; skips the test without it, and fails it in CI, which has it."""
+    if corpus_present():
+        return CORPUS
+    if _in_ci():
+        pytest.fail(f"CI=true and {CORPUS_MISSING}: CI must not lose the corpus checks.")
+    pytest.skip(CORPUS_MISSING)
+
+
+def pytest_report_header() -> str:
+    if corpus_present():
+        found = "found"
+    else:
+        found = "NOT FOUND: corpus tests " + ("fail (CI=true)" if _in_ci() else "are skipped")
+    return f"product corpus: {CORPUS} ({found})"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    skipped = [
+        report
+        for report in terminalreporter.stats.get("skipped", [])
+        if CORPUS_MISSING in str(report.longrepr)
+    ]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} corpus test(s) left out: {CORPUS_MISSING}.", yellow=True
+        )
 
 
 def product_page(

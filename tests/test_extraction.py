@@ -102,3 +102,17 @@ def test_has_source():
     preparer = Preparer(make_config())
     assert preparer.has_source(ItemAdapter(Product(html="x")))
     assert not preparer.has_source(ItemAdapter(Product(url="u")))
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 800, "binary data"),
+        ("<p>" + "\x01\x02\x03\x1b" * 5000 + "</p>", "mostly non-printable"),
+    ],
+)
+def test_non_text_sources_are_refused_not_sent(source, reason):
+    with pytest.raises(InvalidInput, match=reason) as info:
+        prepare(Product(html=source))
+    assert info.value.kind == "not_text"
+    assert "source field" in str(info.value)

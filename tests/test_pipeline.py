@@ -127,3 +127,36 @@ def test_addon_keeps_a_project_chosen_priority():
     )
     pipelines = crawler.settings.getdict("ITEM_PIPELINES")
     assert list(pipelines.values()) == [900]
+
+
+@deferred_f_from_coro_f
+async def test_binary_sources_pass_on_with_the_reason_counted_and_logged(tmp_path, caplog):
+    crawler, pipeline = await open_pipeline(tmp_path)
+    item = Product(url="u", html=b"%PDF-1.7\n" + bytes(range(256)) * 800)
+    with caplog.at_level(logging.WARNING):
+        assert await pipeline.process_item(item) is item
+    assert item["llm_extract_error"].startswith("invalid_input: the source is binary data")
+    assert crawler.stats.get_value("llm_extract/invalid_input/not_text") == 1
+    assert crawler.stats.get_value("llm_extract/prompt/tokens") is None
+    assert "binary data" in caplog.text
+    await pipeline.close_spider()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@deferred_f_from_coro_f
+async def test_pages_the_drop_rules_would_empty_are_counted(tmp_path, workers, caplog):
+    crawler, pipeline = await open_pipeline(tmp_path, LLM_EXTRACT_PREPARE_WORKERS=workers)
+    await pipeline.workers.start()
+    emptied = Product(url="u1", html="<footer><p>Brass desk lamp, 49,90 €</p></footer>")
+    normal = Product(url="u2", html="<h1>Desk lamp</h1><p>49,90 €</p><footer>Imprint</footer>")
+    with caplog.at_level(logging.INFO, logger="scrapy_llm_extract.pipeline"):
+        for item in (emptied, normal):
+            with pytest.raises(DropItem, match="spooled"):
+                await pipeline.process_item(item)
+    await pipeline.close_spider()
+    assert crawler.stats.get_value("llm_extract/slim/fallback") == 1
+    assert [r.getMessage() for r in caplog.records if "drop rules" in r.getMessage()] == [
+        "Slimming's drop rules would have emptied u1 or taken its main heading; it is sent"
+        " slimmed without them (llm_extract/slim/fallback)."
+    ]
+    assert crawler.stats.get_value("llm_extract/prepare/in_workers") == (2 if workers else None)

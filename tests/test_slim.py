@@ -1,16 +1,26 @@
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
+import lxml.html
 import pytest
 
-from scrapy_llm_extract.slim import MAX_STRUCTURED_CHARS, MAX_TEXT_CHARS, SlimPage, slim_page
+from scrapy_llm_extract import slim as slim_module
+from scrapy_llm_extract.slim import (
+    MAX_STRUCTURED_CHARS,
+    MAX_TEXT_CHARS,
+    MIN_KEPT_SHARE,
+    SlimPage,
+    slim_page,
+)
 
-CORPUS = Path(__file__).parents[1].parent / "shared" / "corpus"
 BENCH = Path(__file__).parents[1] / "bench" / "bench_slimming.py"
 #: Characters cp1252 and latin-1 disagree on, so a wrong guess shows.
 EURO_TEXT = "Preis 17 \u20ac \u2013 Gr\u00f6\u00dfe"
@@ -144,24 +154,52 @@ def test_title_meta_and_open_graph_are_kept_without_urls_or_repeats():
     ]
 
 
-def test_microdata_values_held_in_attributes_are_kept():
+def test_microdata_values_are_labelled_from_attributes_and_from_text():
+    description = "A brass desk lamp with a linen shade. " * 8
     body = (
         '<div itemscope itemtype="https://schema.org/Product">'
-        '<span itemprop="name">Blue mug</span>'
-        '<meta itemprop="sku" content="MUG-1">'
-        '<span itemprop="price" content="12.99">12,99 €</span>'
+        '<span itemprop="name">Desk lamp</span>'
+        '<meta itemprop="sku" content="LMP-1">'
+        '<span itemprop="mpn">LMP-77</span>'
+        f'<div itemprop="description">{description}</div>'
+        '<div itemprop="brand" itemscope itemtype="https://schema.org/Brand">'
+        '<span itemprop="name">Lumos</span></div>'
+        '<span itemprop="price" content="49.90">49,90 €</span>'
         '<link itemprop="availability" href="https://schema.org/InStock">'
+        '<a itemprop="url" href="/lamp">Desk lamp page</a>'
+        '<time itemprop="releaseDate" datetime="2025-03-01">March</time>'
         '<meta itemprop="itemCondition" content="https://schema.org/NewCondition">'
         "</div>"
+        '<ol itemscope itemtype="https://schema.org/BreadcrumbList">'
+        '<li itemprop="itemListElement" itemscope itemtype="https://schema.org/ListItem">'
+        '<span itemprop="name">Home</span><meta itemprop="position" content="1"></li></ol>'
     )
-    result = slim_page(page(body))
-    assert result.structured.splitlines() == [
-        "itemprop sku: MUG-1",
-        "itemprop price: 12.99",
+    assert slim_page(page(body)).structured.splitlines() == [
+        "itemprop name: Desk lamp",
+        "itemprop sku: LMP-1",
+        "itemprop mpn: LMP-77",
+        "itemprop name: Lumos",
+        "itemprop price: 49.90",
         "itemprop availability: InStock",
+        "itemprop releaseDate: 2025-03-01",
         "itemprop itemCondition: NewCondition",
     ]
-    assert result.text == "Blue mug12,99 €"
+
+
+@pytest.mark.parametrize(
+    ("href", "url", "line"),
+    [
+        ("https://shop.example/p/lmp-77", "https://shop.example/p/lmp-77?utm=x", "canonical: https://shop.example/p/lmp-77"),
+        ("/p/lmp-77", "https://shop.example/lamps/7#reviews", "canonical: https://shop.example/p/lmp-77"),
+        ("https://shop.example/p/lmp-77", None, "canonical: https://shop.example/p/lmp-77"),
+        ("https://shop.example/p/lmp-77/", "https://shop.example/p/lmp-77", None),
+        ("/p/lmp-77", "https://shop.example/p/lmp-77#top", None),
+    ],
+)  # fmt: skip
+def test_the_canonical_url_is_kept_when_it_is_not_the_fetched_one(href, url, line):
+    head = f'<link rel="canonical" href="{href}">'
+    structured = slim_page(page("<h1>Lamp</h1>", head), url=url).structured
+    assert structured == (line or "")
 
 
 def test_scripts_styles_svg_comments_and_hidden_elements_are_dropped():
@@ -267,12 +305,17 @@ def test_empty_pages_give_an_empty_slim_page(source):
 
 
 @pytest.mark.parametrize(
-    "source",
-    [b"\x00\xff\xfe<<<>>>\x80", "<html><body><p>unclosed <b><i>", "<?xml version='1.0' "
-     "encoding='utf-8'?><html><body><p>xml decl</p></body></html>", "<p>\x00nul</p>"],
+    ("source", "text"),
+    [
+        ("<html><body><p>unclosed <b><i>bold", "unclosed bold"),
+        ("<?xml version='1.0' encoding='utf-8'?><html><body><p>xml decl</p></body></html>",
+         "xml decl"),
+        ("<ul><li>one<li>two</ul><p>para<p>next", "- one\n- two\npara\nnext"),
+        ("<table><td>cell<tr>row</table>", "cell\nrow"),
+    ],
 )  # fmt: skip
-def test_malformed_input_does_not_raise(source):
-    assert isinstance(slim_page(source), SlimPage)
+def test_malformed_html_keeps_its_text(source, text):
+    assert slim_page(source) == SlimPage("", text)
 
 
 def test_ten_megabyte_page_gives_bounded_output():
@@ -321,9 +364,26 @@ def test_delimiter_tags_in_page_content_are_neutralised():
     assert slim_page(injected) == SlimPage("", injected.replace("<", "\u2039"))
 
 
-def test_output_is_deterministic():
-    source = (BENCH.parent.parent / "README.md").read_text(encoding="utf-8")
-    assert slim_page(source) == slim_page(source)
+def test_output_is_the_same_in_interpreters_with_different_hash_seeds():
+    """Sets and dicts drive deduplication: a hash-seed effect would change prompts (and
+    defeat the prompt cache) from one crawl process to the next."""
+    readme = BENCH.parent.parent / "README.md"
+    script = (
+        "import json, sys, dataclasses; from scrapy_llm_extract.slim import slim_page;"
+        " print(json.dumps(dataclasses.asdict(slim_page(open(sys.argv[1], 'rb').read()))))"
+    )
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", script, str(readme)],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    ]
+    assert outputs[0] == outputs[1]
+    assert json.loads(outputs[0]) == dataclasses.asdict(slim_page(readme.read_bytes()))
+    assert "# scrapy-llm-extract" in json.loads(outputs[0])["text"]
 
 
 @functools.cache
@@ -349,13 +409,278 @@ def test_missing_fields_normalises_prices_titles_and_currencies():
     ]
 
 
-def test_every_known_corpus_value_survives_slimming():
+def test_every_known_corpus_value_survives_slimming(corpus):
     """The corpus values that are on the raw page must all be in what the model is sent."""
     bench = _bench()
     lost = []
-    for corpus_page in bench.load_corpus(CORPUS):
+    for corpus_page in bench.load_corpus(corpus):
         prompt = bench.slim_prompt(corpus_page.source)
         lost.extend(
             f"{corpus_page.id}:{f}" for f in bench.missing_fields(corpus_page.truth, prompt)
         )
     assert lost == []
+
+
+@pytest.mark.parametrize(("ci", "exit_code"), [("", 0), ("true", 1)])
+def test_without_the_corpus_its_tests_are_skipped_and_reported_or_fail_in_ci(ci, exit_code):
+    corpus_tests = [
+        f"{__file__}::test_every_known_corpus_value_survives_slimming",
+        f"{__file__}::test_no_corpus_page_with_text_slims_to_nearly_nothing",
+    ]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *corpus_tests],
+        env={**os.environ, "PRODUCT_CORPUS_DIR": "/nonexistent/corpus", "CI": ci},
+        capture_output=True,
+        text=True,
+        cwd=BENCH.parent.parent,
+    )
+    assert run.returncode == exit_code, run.stdout
+    if ci:
+        assert "2 errors" in run.stdout
+        assert "CI=true and product corpus not found at /nonexistent/corpus" in run.stdout
+    else:
+        assert "2 skipped" in run.stdout
+        assert "2 corpus test(s) left out: product corpus not found at /nonexistent/corpus" in (
+            run.stdout
+        )
+
+
+def _with_failure_classes(source: bytes) -> tuple[str, str]:
+    """A corpus page re-serialised as is, and with every observed failure class injected:
+    the block holding its heading aria-hidden, display:none and classed "with-cookie-info",
+    the body classed as a "-gdpr" theme and styled with backface-visibility."""
+    text = slim_module._decode(source, None, None)
+    pages = []
+    for inject in (False, True):
+        root = lxml.html.document_fromstring(text)
+        body = root.find("body")
+        heading = next((h for h in root.iter("h1") if h.text_content().strip()), None)
+        if inject and body is not None:
+            body.set("class", (body.get("class") or "") + " theme-lumos-gdpr")
+            body.set("style", "-webkit-backface-visibility: hidden")
+        if inject and heading is not None:
+            block = [a for a in heading.iterancestors() if a.tag not in ("body", "html")]
+            block = block[-1] if block else heading
+            block.set("aria-hidden", "true")
+            block.set("style", "display: none")
+            block.set("class", (block.get("class") or "") + " product-card with-cookie-info")
+        pages.append(lxml.html.tostring(root, encoding=str))
+    return pages[0], pages[1]
+
+
+def test_corpus_pages_with_the_failure_classes_injected_keep_their_values(corpus):
+    bench = _bench()
+    lost = []
+    for corpus_page in bench.load_corpus(corpus):
+        plain, injected = _with_failure_classes(corpus_page.source)
+        before = set(bench.missing_fields(corpus_page.truth, bench.slim_prompt(plain)))
+        result = slim_page(injected)
+        after = set(bench.missing_fields(corpus_page.truth, result.structured + "\n" + result.text))
+        lost.extend(f"{corpus_page.id}:{field}" for field in sorted(after - before))
+        if bench.visible_chars(bench.baseline_prompt(plain.encode())) and not result.text:
+            lost.append(f"{corpus_page.id}:emptied")
+    assert lost == []
+
+
+def test_no_corpus_page_with_text_slims_to_nearly_nothing(corpus):
+    bench = _bench()
+    shares, _ = bench.text_shares(list(bench.load_corpus(corpus)))
+    assert len(shares) >= 80
+    assert [(page_id, share) for page_id, share in shares if share < MIN_KEPT_SHARE] == []
+
+
+# --- drop rules never take the main content (one synthetic page per failure class) --------
+
+LAMP = (
+    "<h1>Desk lamp LMP-77</h1><p>Price 49,90 €</p>"
+    "<p>A brass desk lamp with a linen shade, 45 cm tall, warm white LED bulb included.</p>"
+)
+SHELL_NAV = "<nav><ul><li><a href='/'>Home</a></li><li><a href='/lamps'>Lamps</a></li></ul></nav>"
+SHELL_FOOTER = "<footer>© Lamp shop · Imprint · Privacy</footer>"
+COOKIE_BANNER = '<div class="cookie-notice">We use cookies. Accept all</div>'
+
+
+def shop_page(main: str, body_attrs: str = "") -> str:
+    return (
+        f"<!DOCTYPE html><html><head><title>Desk lamp</title></head><body {body_attrs}>"
+        f"{SHELL_NAV}{main}{COOKIE_BANNER}{SHELL_FOOTER}</body></html>"
+    )
+
+
+LAMP_TEXT = (
+    "# Desk lamp LMP-77\nPrice 49,90 €\n"
+    "A brass desk lamp with a linen shade, 45 cm tall, warm white LED bulb included."
+)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        pytest.param(
+            shop_page(f'<div class="center-panel" aria-hidden="true">{LAMP}</div>'),
+            id="aria-hidden-main-panel",
+        ),
+        pytest.param(
+            shop_page(f"<div>{LAMP}</div>", 'class="page-product theme-lumos-gdpr"'),
+            id="body-class-ending-gdpr",
+        ),
+        pytest.param(
+            shop_page(f'<section class="product-card with-cookie-info">{LAMP}</section>'),
+            id="section-with-cookie-info",
+        ),
+        pytest.param(
+            shop_page(f"<div>{LAMP}</div>", 'style="-webkit-backface-visibility: hidden"'),
+            id="backface-visibility-style",
+        ),
+        pytest.param(
+            shop_page(f'<div class="defer-block" style="display: none">{LAMP}</div>'),
+            id="main-content-shown-by-script",
+        ),
+        pytest.param(
+            shop_page(f'<div id="cookie-consent-root"><main>{LAMP}</main></div>'),
+            id="consent-root-wrapping-main",
+        ),
+    ],
+)  # fmt: skip
+def test_drop_rules_never_take_the_main_content(source):
+    result = slim_page(source)
+    assert result.text == LAMP_TEXT
+    assert not result.fallback
+
+
+def test_the_product_scope_and_the_block_of_most_text_are_kept():
+    scope = (
+        '<div hidden itemscope itemtype="https://schema.org/Product">'
+        "<span>Desk lamp</span><span>49,90 €</span></div>"
+    )
+    bulk = "<p>Brass desk lamp, linen shade, 45 cm, warm white LED.</p>" * 5
+    body = f'{scope}<div class="recently-viewed">{bulk}</div><div class="upsell">Shade 9 €</div>'
+    assert slim_page(page(body)).text == (
+        "Desk lamp49,90 €\nBrass desk lamp, linen shade, 45 cm, warm white LED."
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "dropped"),
+    [
+        ("cookie-notice", True),
+        ("CybotCookiebotDialog", True),
+        ("onetrust-banner-sdk", True),
+        ("js-cookie-consent", True),
+        ("gdprBanner", True),
+        ("cookies", True),
+        ("related_products", True),
+        ("upSell", True),
+        ("cross-sells", True),
+        ("recently_viewed", True),
+        ("with-cookie-info", False),
+        ("theme-lumos-gdpr", False),
+        ("cookie-cutter", False),
+        ("price-unrelated-note", False),
+        ("consent-form-label", False),
+    ],
+)
+def test_ids_and_classes_match_whole_words_of_a_known_kind(name, dropped):
+    body = f"<h1>Desk lamp</h1><p>{'Brass lamp. ' * 10}</p>"
+    for attribute in ("id", "class"):
+        text = slim_page(page(f'{body}<div {attribute}="{name}">Named block</div>')).text
+        assert ("Named block" not in text) is dropped
+
+
+@pytest.mark.parametrize(
+    ("style", "hidden"),
+    [
+        ("display:none", True),
+        ("color: red; DISPLAY : None !important", True),
+        ("visibility:hidden;", True),
+        ("-webkit-backface-visibility: hidden", False),
+        ("backface-visibility:hidden", False),
+        ("content-visibility: hidden", False),
+        ("display: none-ish; --display: none", False),
+        ("background: url(display:none.png)", False),
+    ],
+)
+def test_inline_styles_are_read_as_declarations(style, hidden):
+    body = f"<h1>Lamp</h1><p>{'Brass lamp. ' * 10}</p>"
+    text = slim_page(page(f'{body}<div style="{style}">Styled block</div>')).text
+    assert ("Styled block" not in text) is hidden
+
+
+def test_aria_hidden_drops_small_decorations_only():
+    description = "<p>Brass desk lamp with a linen shade and a warm white LED bulb.</p>" * 3
+    body = (
+        f'<h1>Lamp <span aria-hidden="true">★★★★☆</span></h1>{description}'
+        f'<div aria-hidden="true">{description.replace("Brass", "Copper")}</div>'
+    )
+    text = slim_page(page(body)).text
+    assert "★" not in text
+    assert "Copper desk lamp" in text
+
+
+def test_react_streamed_segments_are_shown_not_hidden():
+    body = (
+        '<div hidden id="S:1"><h2>Details</h2><p>Linen shade</p></div><div hidden>Hidden note</div>'
+    )
+    assert slim_page(page(f"<h1>Lamp</h1>{body}")).text == "# Lamp\n## Details\nLinen shade"
+
+
+def test_a_page_the_drop_rules_would_empty_is_slimmed_again_without_them():
+    description = "Brass desk lamp, 45 cm, linen shade, warm white LED bulb."
+    source = page(f"<footer><p>{description}</p><p>Price 49,90 €</p></footer>")
+    result = slim_page(source)
+    assert result.text == f"{description}\nPrice 49,90 €"
+    assert result.fallback
+    assert not slim_page(shop_page(f"<div>{LAMP}</div>")).fallback
+
+
+def test_a_page_losing_its_main_heading_is_slimmed_again():
+    menu = "".join(f"<li><a href='/{n}'>Lamp {n}</a></li>" for n in range(8))
+    source = page(
+        f"<ul><li><a href='/'><h1>Desk lamp</h1></a></li>{menu}</ul>"
+        "<p>Brass, 45 cm, linen shade.</p>"
+    )
+    assert "Desk lamp" in slim_page(source).text
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        (b"\x00\xff\xfe<<<>>>\x80", "the source is binary data, not a page (1 NUL of its first 10"),
+        (b"PK\x03\x04" + bytes(range(256)) * 100, "the source is binary data"),
+        ("\x1b[0m\x07\x08" * 100 + "<p>ok</p>", "the source is mostly non-printable (49% control"),
+        (bytes(range(1, 32)) * 500, "the source is mostly non-printable"),
+    ],
+)
+def test_non_text_sources_are_refused_with_the_reason(source, reason):
+    assert slim_page(source) == SlimPage("", "", not_text=slim_page(source).not_text)
+    assert slim_page(source).not_text.startswith(reason)
+
+
+def test_text_with_a_stray_nul_or_in_utf16_is_still_a_page():
+    stray = page("<h1>Lamp</h1>" + "<p>Brass desk lamp with a linen shade.</p>" * 30 + "\x00")
+    assert slim_page(stray).text.startswith("# Lamp\nBrass desk lamp")
+    utf16 = page("<h1>Lamp</h1><p>49,90 €</p>").encode("utf-16")
+    assert slim_page(utf16) == SlimPage("", "# Lamp\n49,90 €")
+
+
+@pytest.mark.parametrize(
+    "wrapper",
+    [
+        "<nav>{}</nav>",
+        "<footer>{}</footer>",
+        "<dialog open>{}</dialog>",
+        "<div hidden>{}</div>",
+        '<div role="contentinfo">{}</div>',
+        '<div role="dialog" aria-hidden="true">{}</div>',
+        '<div style="display:none">{}</div>',
+        '<div class="cookie-consent-banner">{}</div>',
+        '<div id="onetrust-banner-sdk">{}</div>',
+        '<section class="related-products">{}</section>',
+        "<header>{}</header>",
+        '<div hidden><footer class="cookie-notice" style="visibility:hidden">{}</footer></div>',
+    ],
+)
+def test_no_page_with_text_slims_to_nothing_whatever_wraps_it(wrapper):
+    content = "<p>Brass desk lamp, 45 cm</p><p>Price 49,90 €</p>"
+    result = slim_page(page(wrapper.format(content)))
+    assert result.text == "Brass desk lamp, 45 cm\nPrice 49,90 €"
