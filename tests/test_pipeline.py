@@ -12,6 +12,8 @@ from scrapy.utils.test import get_crawler
 
 from scrapy_llm_extract import Addon, BatchSubmitExtension, LLMExtractPipeline
 
+from .tiny_project import crawl
+
 
 class Product(scrapy.Item):
     url = scrapy.Field()
@@ -127,3 +129,69 @@ def test_addon_keeps_a_project_chosen_priority():
     )
     pipelines = crawler.settings.getdict("ITEM_PIPELINES")
     assert list(pipelines.values()) == [900]
+
+
+def test_a_spool_folder_that_cannot_be_written_stops_the_crawl_with_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = crawl(tmp_path, f"LLM_EXTRACT_SPOOL_DIR = {str(blocker / 'spool')!r}\n")
+    assert result.returncode == 1
+    (error,) = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert error.endswith(
+        f"ERROR: LLM_EXTRACT_SPOOL_DIR {blocker / 'spool'} cannot be created or written"
+        " (Not a directory): point it at a writable folder."
+    )
+    assert "Traceback" not in result.stderr
+    assert "Spider opened" not in result.stderr
+
+
+def test_held_back_items_are_one_short_debug_line_and_api_calls_are_quiet(tmp_path):
+    page = "<h1>Blue mug</h1><p>12.99 EUR</p>" + "<p>PAGE-TEXT-MARKER</p>" * 200
+    result = crawl(
+        tmp_path,
+        "LOG_LEVEL = 'DEBUG'\n",
+        item=f'Product(url=f"http://shop.test/{{n}}", html={page!r})',
+        items=4,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "PAGE-TEXT-MARKER" not in result.stderr
+    spooled = [line for line in result.stderr.splitlines() if "for batch extraction" in line]
+    assert [line.split("] ", 1)[1] for line in spooled] == [
+        f"DEBUG: Spooled http://shop.test/{n} for batch extraction." for n in range(4)
+    ]
+    assert "Submitted requests-0001.jsonl" in result.stderr  # the API was called...
+    for chatty in ("[httpx", "[httpcore", "[openai", "HTTP Request:"):
+        assert chatty not in result.stderr  # ...without a line per call
+
+
+def test_a_dict_item_without_a_schema_fails_the_crawl_and_is_not_exported(tmp_path):
+    result = crawl(
+        tmp_path,
+        item='{"url": f"http://shop.test/{n}", "html": "<h1>PAGE-MARKER</h1><p>1 EUR</p>"}',
+        args=("-O", str(tmp_path / "items.jsonl")),
+    )
+    assert result.returncode == 1
+    assert (
+        "ERROR: dict declares no fields to extract; set LLM_EXTRACT_SCHEMA to a JSON Schema"
+        " dict or to the import path of an item class. Closing the spider."
+    ) in result.stderr
+    assert "Spider closed (llm_extract_schema_error)" in result.stderr
+    assert "'llm_extract/invalid_input/no_schema': 3" in result.stderr
+    assert (tmp_path / "items.jsonl").read_text() == ""
+    assert "PAGE-MARKER" not in result.stderr
+
+
+@deferred_f_from_coro_f
+async def test_an_item_json_cannot_hold_passes_on_marked_and_counted(tmp_path, caplog):
+    crawler, pipeline = await open_pipeline(tmp_path, LLM_EXTRACT_PREPARE_WORKERS=0)
+    item = Product(url="http://shop.test/1", html="<h1>Mug</h1>", title={b"bytes key": 1})
+    with caplog.at_level(logging.ERROR):
+        assert await pipeline.process_item(item) is item
+    assert item["llm_extract_error"].startswith("unspoolable_item: ")
+    assert crawler.stats.get_value("llm_extract/batch/unspoolable_item") == 1
+    assert "Could not spool http://shop.test/1" in caplog.text
+    with pytest.raises(DropItem):  # the next item spools: nothing of the first was written
+        await pipeline.process_item(Product(url="http://shop.test/2", html="<h1>Cup</h1>"))
+    await pipeline.close_spider()
+    (requests_file,) = pipeline.spool.run.path.glob("requests-*.jsonl")
+    assert len(requests_file.read_bytes().splitlines()) == 1
