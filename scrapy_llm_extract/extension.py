@@ -20,6 +20,7 @@ from scrapy import signals
 from .client import MissingAPIKey, async_client
 from .manifest import PENDING, SUBMITTED
 from .models import cost_usd, model_info
+from .realtime import COST_DECIMALS
 from .retry import RetryPolicy
 from .spool import Run, Spool, claim_dead_runs
 from .startup import crawler_config
@@ -124,11 +125,13 @@ class BatchSubmitExtension:
         assert stats is not None
         stats.set_value("llm_extract/batch/batches_submitted", submitted)
         stats.set_value("llm_extract/batch/files_pending", pending)
-        stats.set_value("llm_extract/batch/input_cost_usd", round(batch_cost, 6))
-        stats.set_value("llm_extract/batch/realtime_input_cost_usd", round(realtime_cost, 6))
+        stats.set_value("llm_extract/batch/input_cost_usd", round(batch_cost, COST_DECIMALS))
+        stats.set_value(
+            "llm_extract/batch/realtime_input_cost_usd", round(realtime_cost, COST_DECIMALS)
+        )
         logger.info(
             "Batch spool %s: %d row(s), %d prompt tokens, %d file(s): %d submitted, %d pending."
-            " Estimated input cost $%.4f at batch prices ($%.4f in real time); output tokens are"
+            " Estimated input cost $%.6f at batch prices ($%.6f in real time); output tokens are"
             " billed on top and not estimated.",
             run.path,
             self.spool.rows,

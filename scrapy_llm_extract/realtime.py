@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 STATS_PREFIX = "llm_extract/realtime"
 CHAT_COMPLETIONS_PATH = "/chat/completions"
 SECONDS_PER_MINUTE = 60.0
+#: Costs in stats are rounded to the micro-dollar: float sums print as 0.00036974999999999996.
+COST_DECIMALS = 6
 
 
 class UnsupportedReactor(RuntimeError):
@@ -149,6 +151,7 @@ class RealtimeExtractor:
         self.cache = ResponseCache(config.cache_dir, endpoint) if config.cache_enabled else None
         self._slots = asyncio.Semaphore(config.concurrent_requests)
         self._model = model_info(config.model, config.prices)
+        self._cost = 0.0
 
     async def extract(self, prepared: Prepared) -> Outcome:
         """The extracted fields, or a failure of a named kind; never raises."""
@@ -263,8 +266,8 @@ class RealtimeExtractor:
             usage.completion_tokens,
             cached_tokens=usage.cached_tokens,
         )
-        key = f"{STATS_PREFIX}/cost_usd"
-        self.stats.set_value(key, self.stats.get_value(key, 0.0) + cost)
+        self._cost += cost  # summed exactly, shown to the micro-dollar
+        self.stats.set_value(f"{STATS_PREFIX}/cost_usd", round(self._cost, COST_DECIMALS))
 
     def _inc(self, name: str, count: int = 1) -> None:
         self.stats.inc_value(f"{STATS_PREFIX}/{name}", count)

@@ -47,7 +47,7 @@ def test_demo_crawls_collects_and_says_where_the_items_are(tmp_path: Path) -> No
     assert re.search(rf"\b43 by batch +-> {re.escape(str(project / 'output'))}", out)
     assert "pip install" not in out and "-m venv" not in out
     # The demo removed the key: the emulator answered, and said so.
-    assert "OFFLINE: OPENAI_API_KEY is not set" in result.stderr
+    assert "OFFLINE: LLM_EXTRACT_EMULATOR_DIR is set" in result.stderr
 
 
 def test_an_empty_venv_is_not_taken_for_an_install(tmp_path: Path, monkeypatch) -> None:

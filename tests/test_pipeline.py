@@ -195,3 +195,58 @@ async def test_an_item_json_cannot_hold_passes_on_marked_and_counted(tmp_path, c
     await pipeline.close_spider()
     (requests_file,) = pipeline.spool.run.path.glob("requests-*.jsonl")
     assert len(requests_file.read_bytes().splitlines()) == 1
+
+
+class BareProduct(scrapy.Item):
+    url = scrapy.Field()
+    html = scrapy.Field()
+    title = scrapy.Field()
+
+
+@deferred_f_from_coro_f
+async def test_an_item_class_without_the_error_field_is_named_once(tmp_path, caplog):
+    _, pipeline = await open_pipeline(
+        tmp_path, LLM_EXTRACT_REALTIME_FALLBACK="error", LLM_EXTRACT_ROUTER=skip_everything
+    )
+    with caplog.at_level(logging.WARNING):
+        for n in range(3):
+            await pipeline.process_item(BareProduct(url=f"u{n}", html="<p>page</p>"))
+            await pipeline.process_item(Product(url=f"u{n}", html="<p>page</p>"))
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(
+        "BareProduct has no field 'llm_extract_error' (LLM_EXTRACT_ERROR_FIELD): real-time"
+        " failures, which LLM_EXTRACT_REALTIME_FALLBACK = 'error' passes on, will look like"
+        " unextracted items. Add llm_extract_error = scrapy.Field() to it"
+    )
+    await pipeline.close_spider()
+
+
+@deferred_f_from_coro_f
+async def test_items_without_the_source_field_are_named_once_per_class(tmp_path, caplog):
+    crawler, pipeline = await open_pipeline(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        for n in range(3):
+            await pipeline.process_item(Product(url=f"u{n}", title="no page"))
+            await pipeline.process_item({"url": f"u{n}", "page": "<p>misnamed</p>"})
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"A {name} item has no 'html' field (LLM_EXTRACT_SOURCE_FIELD), so it passes on"
+        " unextracted (counted in llm_extract/skipped/no_source). Put the page in 'html', or"
+        " set LLM_EXTRACT_SOURCE_FIELD to the field that holds it."
+        for name in ("Product", "dict")
+    ]
+    assert crawler.stats.get_value("llm_extract/skipped/no_source") == 6
+    await pipeline.close_spider()
+
+
+@deferred_f_from_coro_f
+async def test_realtime_cost_is_counted_to_the_micro_dollar(tmp_path):
+    crawler, pipeline = await open_pipeline(tmp_path, LLM_EXTRACT_PREPARE_WORKERS=0)
+    for n in range(3):
+        html = f"<h1>Mug number {n}</h1><p>Price {n}.99 EUR</p>" + "<p>text</p>" * n
+        item = Product(url=f"http://shop.test/{n}", html=html, priority="high")
+        assert await pipeline.process_item(item) is item
+    await pipeline.close_spider()
+    cost = crawler.stats.get_value("llm_extract/realtime/cost_usd")
+    assert crawler.stats.get_value("llm_extract/realtime/succeeded") == 3
+    assert 0 < cost == round(cost, 6)

@@ -45,6 +45,7 @@ def crawl(
     item: str = PRODUCT,
     items: int = 3,
     args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``scrapy crawl pages`` in a new project whose spider yields ``items`` of ``item``."""
     project = tmp_path / "project"
@@ -63,11 +64,11 @@ def crawl(
         f"LLM_EXTRACT_SPOOL_DIR = {str(tmp_path / 'spool')!r}\n"
         "LLM_EXTRACT_PREPARE_WORKERS = 0\n" + textwrap.dedent(settings)
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SCRAPY_"))}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SCRAPY_"))}
     return subprocess.run(
         [sys.executable, "-m", "scrapy", "crawl", "pages", *args],
         cwd=project,
-        env=env,
+        env={**clean, **(env or {})},
         capture_output=True,
         text=True,
         timeout=180,
