@@ -94,7 +94,9 @@ SETTINGS: dict[str, Setting] = {
         4, "Retries of a call answered 429, 5xx, or timed out (Retry-After honoured)."
     ),
     "LLM_EXTRACT_RETRY_MAX_TIME": Setting(
-        300.0, "Seconds after which a call is no longer retried, whatever the count."
+        300.0,
+        "Seconds one call may take, retries included: no retry starts that could end later"
+        " (an attempt may last LLM_EXTRACT_TIMEOUT).",
     ),
     "LLM_EXTRACT_REALTIME_FALLBACK": Setting(
         "batch",
