@@ -189,7 +189,9 @@ class RealtimeExtractor:
             self.cache.put(request.body_json, answer)
         return outcome
 
-    async def _answer(self, request: ExtractionRequest, url: str) -> dict[str, Any] | Failure:
+    async def _answer(
+        self, request: ExtractionRequest, url: str | None
+    ) -> dict[str, Any] | Failure:
         """The chat.completion body, after as many retries as the policy allows."""
         retries = 0
 
