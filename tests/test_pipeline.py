@@ -40,6 +40,11 @@ async def open_pipeline(tmp_path, **settings):
     return crawler, pipeline
 
 
+def pipeline_records(caplog):
+    """The pipeline's own records (the client also warns that the emulator answers)."""
+    return [r for r in caplog.records if r.name == "scrapy_llm_extract.pipeline"]
+
+
 @deferred_f_from_coro_f
 async def test_unknown_item_types_pass_through_counted_and_logged(tmp_path, caplog):
     crawler, pipeline = await open_pipeline(tmp_path)
@@ -68,7 +73,7 @@ async def test_empty_pages_pass_on_with_the_reason(tmp_path, caplog):
     assert await pipeline.process_item(item) is item
     assert item["llm_extract_error"].startswith("invalid_input: ")
     assert crawler.stats.get_value("llm_extract/invalid_input/empty_page") == 1
-    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
+    assert len([r for r in pipeline_records(caplog) if r.levelno >= logging.WARNING]) == 1
     await pipeline.close_spider()
 
 
@@ -212,7 +217,7 @@ async def test_an_item_class_without_the_error_field_is_named_once(tmp_path, cap
         for n in range(3):
             await pipeline.process_item(BareProduct(url=f"u{n}", html="<p>page</p>"))
             await pipeline.process_item(Product(url=f"u{n}", html="<p>page</p>"))
-    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    (warning,) = [r.getMessage() for r in pipeline_records(caplog) if r.levelno == logging.WARNING]
     assert warning.startswith(
         "BareProduct has no field 'llm_extract_error' (LLM_EXTRACT_ERROR_FIELD): real-time"
         " failures, which LLM_EXTRACT_REALTIME_FALLBACK = 'error' passes on, will look like"
@@ -228,7 +233,7 @@ async def test_items_without_the_source_field_are_named_once_per_class(tmp_path,
         for n in range(3):
             await pipeline.process_item(Product(url=f"u{n}", title="no page"))
             await pipeline.process_item({"url": f"u{n}", "page": "<p>misnamed</p>"})
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in pipeline_records(caplog) if r.levelno == logging.WARNING]
     assert warnings == [
         f"A {name} item has no 'html' field (LLM_EXTRACT_SOURCE_FIELD), so it passes on"
         " unextracted (counted in llm_extract/skipped/no_source). Put the page in 'html', or"
