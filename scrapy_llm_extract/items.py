@@ -50,6 +50,34 @@ def accepts_field(adapter: ItemAdapter, name: str) -> bool:
     return names is None or name in names
 
 
+def missing_error_field(adapter: ItemAdapter, config: Config) -> str | None:
+    """A warning when the item's type cannot hold LLM_EXTRACT_ERROR_FIELD, else None."""
+    name = config.error_field
+    if accepts_field(adapter, name):
+        return None
+    consequence = (
+        "real-time failures, which LLM_EXTRACT_REALTIME_FALLBACK = 'error' passes on,"
+        " will look like unextracted items"
+        if config.realtime_fallback == "error"
+        else "items that cannot be extracted pass on unmarked"
+    )
+    return (
+        f"{type(adapter.item).__name__} has no field {name!r} (LLM_EXTRACT_ERROR_FIELD):"
+        f" {consequence}. Add {name} = scrapy.Field() to it, or set LLM_EXTRACT_ERROR_FIELD"
+        " to a field it has."
+    )
+
+
+def no_source_warning(cls: type, config: Config) -> str:
+    """What to say about items of ``cls`` that arrive without the page."""
+    name = config.source_field
+    return (
+        f"A {cls.__name__} item has no {name!r} field (LLM_EXTRACT_SOURCE_FIELD), so it passes"
+        " on unextracted (counted in llm_extract/skipped/no_source). Put the page in"
+        f" {name!r}, or set LLM_EXTRACT_SOURCE_FIELD to the field that holds it."
+    )
+
+
 def merge_extracted(adapter: ItemAdapter, fields: Mapping[str, Any], config: Config) -> list[str]:
     """Put extracted ``fields`` into the item; return the names the item could not take."""
     if config.output_field:

@@ -19,7 +19,13 @@ from scrapy.utils.defer import deferred_from_coro
 
 from .config import ConfigError
 from .extraction import InvalidInput, Prepared, Preparer
-from .items import accepts_field, item_record, merge_extracted, set_field
+from .items import (
+    item_record,
+    merge_extracted,
+    missing_error_field,
+    no_source_warning,
+    set_field,
+)
 from .realtime import RealtimeExtractor
 from .results import Extracted, Failure
 from .router import BATCH, REALTIME, SKIP, checked_route, resolve_router
@@ -199,41 +205,17 @@ class LLMExtractPipeline:
         )
 
     def _check_item_class(self, adapter: ItemAdapter) -> None:
-        """Say once per item class what it lacks for the package to report on it."""
+        """Say once per item class what it lacks for failures to show on its items."""
         cls = type(adapter.item)
-        if cls in self._checked_classes:
-            return
-        self._checked_classes.add(cls)
-        config = self.config
-        if not accepts_field(adapter, config.error_field):
-            consequence = (
-                "real-time failures, which LLM_EXTRACT_REALTIME_FALLBACK = 'error' passes on,"
-                " will look like unextracted items"
-                if config.realtime_fallback == "error"
-                else "items that cannot be extracted pass on unmarked"
-            )
-            logger.warning(
-                "%s has no field %r (LLM_EXTRACT_ERROR_FIELD): %s. Add %s = scrapy.Field() to"
-                " it, or set LLM_EXTRACT_ERROR_FIELD to a field it has.",
-                cls.__name__,
-                config.error_field,
-                consequence,
-                config.error_field,
-            )
+        if cls not in self._checked_classes:
+            self._checked_classes.add(cls)
+            if (warning := missing_error_field(adapter, self.config)) is not None:
+                logger.warning(warning)
 
     def _no_source(self, adapter: ItemAdapter) -> None:
         """Count an item without its page, and say once per item class which setting names it."""
         self.stats.inc_value("llm_extract/skipped/no_source")
         cls = type(adapter.item)
-        if cls in self._no_source_classes:
-            return
-        self._no_source_classes.add(cls)
-        name = self.config.source_field
-        logger.warning(
-            "A %s item has no %r field (LLM_EXTRACT_SOURCE_FIELD), so it passes on unextracted"
-            " (counted in llm_extract/skipped/no_source). Put the page in %r, or set"
-            " LLM_EXTRACT_SOURCE_FIELD to the field that holds it.",
-            cls.__name__,
-            name,
-            name,
-        )
+        if cls not in self._no_source_classes:
+            self._no_source_classes.add(cls)
+            logger.warning(no_source_warning(cls, self.config))
