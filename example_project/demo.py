@@ -11,7 +11,9 @@ yet, then, in example_project/:
    batches, merges their results and exports the items through the project's
    pipelines and feeds;
 
-and prints where the items are, with a summary. It runs offline against the
+and prints where the items are, with a summary. Each command's full log goes to
+``output/<command>.log``; the terminal shows the package's own lines and any
+warning or error, and the summary last. It runs offline against the
 bundled emulator: OPENAI_API_KEY is removed from the commands' environment
 unless ``--openai`` is given (then the batch part can take up to 24 hours and
 costs money). Standard library only: it runs before the virtualenv exists.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +33,11 @@ PROJECT = Path(__file__).resolve().parent
 REPOSITORY = PROJECT.parent
 REALTIME_FEED = Path("output", "realtime.jsonl")
 BATCH_FEED = Path("output", "batch.jsonl")
+CRAWL_LOG = Path("output", "crawl.log")
+COLLECT_LOG = Path("output", "collect-batches.log")
 EXTRACTED = ("title", "price", "currency", "sku", "brand", "availability")
+#: The start of a log record: "2026-01-01 12:00:00 [logger] LEVEL: message".
+RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[(?P<logger>[^\]]+)\] (?P<level>[A-Z]+): ")
 
 
 def venv_python(venv: Path) -> Path:
@@ -41,6 +48,44 @@ def venv_python(venv: Path) -> Path:
 def run(command: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
     print("$", " ".join(command), flush=True)
     subprocess.run(command, cwd=cwd, env=env, check=True)
+
+
+def notable(log: str) -> list[str]:
+    """What a user wants from a command's log: the package's own records and any warning or
+    error, each with its continuation lines (tables), without the timestamp."""
+    kept: list[str] = []
+    keep = False
+    for line in log.splitlines():
+        record = RECORD.match(line)
+        if record:
+            keep = record["logger"].startswith("scrapy_llm_extract") or record["level"] in (
+                "WARNING",
+                "ERROR",
+                "CRITICAL",
+            )
+            if keep:
+                kept.append(line[record.start("logger") - 1 :])
+        elif keep:
+            kept[-1] += "\n" + line
+    return kept
+
+
+def scrapy_command(python: str, args: list[str], log: Path, env: dict[str, str]) -> None:
+    """Run ``scrapy *args`` in the project with its log in ``log``; show the notable lines.
+
+    A failure shows the end of the log and ends the demo with the command's exit status.
+    """
+    print("$ scrapy", " ".join(args), f"   (log: {log})", flush=True)
+    (PROJECT / log).parent.mkdir(parents=True, exist_ok=True)
+    logging = ["-s", f"LOG_FILE={log}", "-s", "LOG_FILE_APPEND=False"]
+    result = subprocess.run([python, "-m", "scrapy", *args, *logging], cwd=PROJECT, env=env)
+    text = (PROJECT / log).read_text(encoding="utf-8", errors="replace")
+    for record in notable(text):
+        print("  " + record.replace("\n", "\n  "), file=sys.stderr, flush=True)
+    if result.returncode != 0:
+        print("\n".join(text.splitlines()[-40:]), file=sys.stderr)
+        print(f"scrapy {args[0]} failed (exit {result.returncode}); full log: {PROJECT / log}")
+        sys.exit(result.returncode)
 
 
 def is_installed(python: Path) -> bool:
@@ -113,9 +158,9 @@ def main() -> None:
     env = dict(os.environ)
     if not args.openai:
         env.pop("OPENAI_API_KEY", None)
-    scrapy = [python, "-m", "scrapy"]
-    run([*scrapy, "crawl", "products", "-O", str(REALTIME_FEED)], cwd=PROJECT, env=env)
-    run([*scrapy, "collect-batches", "--wait", "-O", str(BATCH_FEED)], cwd=PROJECT, env=env)
+    scrapy_command(python, ["crawl", "products", "-O", str(REALTIME_FEED)], CRAWL_LOG, env)
+    collect = ["collect-batches", "--wait", "-O", str(BATCH_FEED)]
+    scrapy_command(python, collect, COLLECT_LOG, env)
     summarise(PROJECT)
 
 

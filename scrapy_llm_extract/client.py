@@ -8,14 +8,18 @@ run still exercises the real SDK end to end.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import openai
 
 from .config import Config
+
+logger = logging.getLogger(__name__)
 
 EMULATOR_BASE_URL = "http://emulator.invalid/v1"
 EMULATOR_API_KEY = "sk-emulator"
@@ -39,12 +43,44 @@ def redact(text: str, key: str | None = None) -> str:
     return _KEY_PATTERN.sub("[API key]", text)
 
 
+_announced: set[Path] = set()
+
+
+def _announce_emulator(config: Config) -> None:
+    """Say once per process and state dir that no model answers, and why; a key set too is
+    the sign of a forgotten LLM_EXTRACT_EMULATOR_DIR."""
+    assert config.emulator_dir is not None
+    if config.emulator_dir in _announced:
+        return
+    _announced.add(config.emulator_dir)
+    keys = [name for name in ("LLM_EXTRACT_API_KEY", "OPENAI_API_KEY") if _key_set(config, name)]
+    unused = (
+        f" {' and '.join(keys)} {'is' if len(keys) == 1 else 'are'} set but not used: remove"
+        " LLM_EXTRACT_EMULATOR_DIR to call OpenAI."
+        if keys
+        else ""
+    )
+    logger.warning(
+        "OFFLINE: LLM_EXTRACT_EMULATOR_DIR is set, so requests go to the bundled OpenAI"
+        " emulator (state in %s), not to a model: it copies values from each page's"
+        " structured data only.%s",
+        config.emulator_dir,
+        unused,
+    )
+
+
+def _key_set(config: Config, name: str) -> bool:
+    value = config.api_key if name == "LLM_EXTRACT_API_KEY" else os.environ.get(name)
+    return bool((value or "").strip())
+
+
 def _client_options(config: Config, asynchronous: bool) -> dict[str, Any]:
     options: dict[str, Any] = {"max_retries": 0, "timeout": config.timeout}
     key = api_key(config)
     if config.emulator_dir is not None:
         from .emulator import emulator_transport
 
+        _announce_emulator(config)
         transport = emulator_transport(config.emulator_dir)
         client_class = httpx2.AsyncClient if asynchronous else httpx2.Client
         options["http_client"] = client_class(transport=transport)

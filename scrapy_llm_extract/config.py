@@ -8,9 +8,10 @@ reads. Nothing else calls ``settings.get*`` for these names.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,9 @@ SETTINGS: dict[str, Setting] = {
         4, "Retries of a call answered 429, 5xx, or timed out (Retry-After honoured)."
     ),
     "LLM_EXTRACT_RETRY_MAX_TIME": Setting(
-        300.0, "Seconds after which a call is no longer retried, whatever the count."
+        300.0,
+        "Seconds one call may take, retries included: no retry starts that could end later"
+        " (an attempt may last LLM_EXTRACT_TIMEOUT).",
     ),
     "LLM_EXTRACT_REALTIME_FALLBACK": Setting(
         "batch",
@@ -167,6 +170,26 @@ ROUTES = ("realtime", "batch", "skip")
 Router = Callable[[Any, Any], str]
 
 
+class ConfigError(ValueError):
+    """A setting has a value the package cannot use; the message names it and the fix."""
+
+
+PREFIX = "LLM_EXTRACT_"
+
+
+def unknown_settings(names: Iterable[str]) -> list[str]:
+    """A warning for each ``LLM_EXTRACT_*`` name that is no setting, with the likely one."""
+    warnings = []
+    for name in sorted(names):
+        if not name.startswith(PREFIX) or name in SETTINGS:
+            continue
+        suffixes = [known.removeprefix(PREFIX) for known in SETTINGS]
+        close = difflib.get_close_matches(name.removeprefix(PREFIX), suffixes, n=1, cutoff=0.75)
+        hint = f" Did you mean {PREFIX}{close[0]}?" if close else ""
+        warnings.append(f"{name} is not a scrapy-llm-extract setting and is ignored.{hint}")
+    return warnings
+
+
 def _data_dir(value: str | os.PathLike[str]) -> Path:
     return Path(data_path(value, createdir=False))
 
@@ -186,8 +209,64 @@ def _number(settings: BaseSettings, name: str, *, integer: bool = True, zero: bo
     in_range = number >= 0 if zero else number > 0  # False for NaN
     if isinstance(value, bool) or not in_range or (integer and not number.is_integer()):
         kind = "a whole number" if integer else "a number"
-        raise ValueError(f"{name} must be {kind} {'>= 0' if zero else '> 0'}, got {value!r}.")
+        raise ConfigError(f"{name} must be {kind} {'>= 0' if zero else '> 0'}, got {value!r}.")
     return int(number) if integer else number
+
+
+def _text(settings: BaseSettings, name: str, *, optional: bool = False) -> Any:
+    """A string setting (None allowed with ``optional``)."""
+    value = settings.get(name, SETTINGS[name].default)
+    if (isinstance(value, str) and value) or (optional and value is None):
+        return value
+    kind = "a non-empty string" + (" or None" if optional else "")
+    raise ConfigError(f"{name} must be {kind}, got {value!r}.")
+
+
+def _choice(settings: BaseSettings, name: str, choices: tuple[str, ...]) -> str:
+    value = settings.get(name, SETTINGS[name].default)
+    if value not in choices:
+        raise ConfigError(f"{name} must be {' or '.join(repr(c) for c in choices)}, got {value!r}.")
+    return str(value)
+
+
+def _router(settings: BaseSettings) -> Router | None:
+    value = settings.get("LLM_EXTRACT_ROUTER", SETTINGS["LLM_EXTRACT_ROUTER"].default)
+    if isinstance(value, str):
+        try:
+            value = load_object(value)
+        except (ImportError, AttributeError, ValueError, NameError) as exc:
+            raise ConfigError(
+                f"LLM_EXTRACT_ROUTER = {value!r} cannot be imported ({exc}); give the import"
+                " path of a callable (item, spider) -> 'realtime' | 'batch' | 'skip'."
+            ) from exc
+    if value is not None and not callable(value):
+        raise ConfigError(
+            f"LLM_EXTRACT_ROUTER must be a callable or its import path, got {value!r}."
+        )
+    return value  # type: ignore[no-any-return]
+
+
+def _schema(settings: BaseSettings) -> dict[str, Any] | str | None:
+    value = settings.get("LLM_EXTRACT_SCHEMA", SETTINGS["LLM_EXTRACT_SCHEMA"].default)
+    if value is None or (isinstance(value, dict | str) and value):
+        return value  # type: ignore[no-any-return]
+    raise ConfigError(
+        "LLM_EXTRACT_SCHEMA must be a JSON Schema dict or the import path of an item class,"
+        f" got {value!r}."
+    )
+
+
+def _prices(settings: BaseSettings) -> dict[str, Any]:
+    try:
+        prices = settings.getdict("LLM_EXTRACT_PRICES")
+    except (ValueError, TypeError):
+        prices = None
+    if prices is None or not all(isinstance(p, Mapping) for p in prices.values()):
+        raise ConfigError(
+            "LLM_EXTRACT_PRICES must be a dict like {'gpt-4o-mini': {'input': 0.15,"
+            f" 'output': 0.6}}}}, got {settings.get('LLM_EXTRACT_PRICES')!r}."
+        )
+    return prices
 
 
 def default_prepare_workers() -> int:
@@ -246,16 +325,13 @@ class Config:
             return settings.get(name, SETTINGS[name].default)
 
         def get_bool(name: str) -> bool:
-            return settings.getbool(name, SETTINGS[name].default)
+            try:
+                return settings.getbool(name, SETTINGS[name].default)
+            except ValueError:
+                raise ConfigError(
+                    f"{name} must be True or False, got {settings.get(name)!r}."
+                ) from None
 
-        router = get("LLM_EXTRACT_ROUTER")
-        if isinstance(router, str):
-            router = load_object(router)
-        fallback = get("LLM_EXTRACT_REALTIME_FALLBACK")
-        if fallback not in ("batch", "error"):
-            raise ValueError(
-                f"LLM_EXTRACT_REALTIME_FALLBACK must be 'batch' or 'error', got {fallback!r}."
-            )
         emulator_dir = get("LLM_EXTRACT_EMULATOR_DIR")
         workers = _number(settings, "LLM_EXTRACT_PREPARE_WORKERS", zero=True)
         effort = get("LLM_EXTRACT_REASONING_EFFORT")
@@ -265,33 +341,33 @@ class Config:
                 f" {', '.join(REASONING_EFFORTS)}, got {effort!r}."
             )
         return cls(
-            model=get("LLM_EXTRACT_MODEL"),
-            source_field=get("LLM_EXTRACT_SOURCE_FIELD"),
-            url_field=get("LLM_EXTRACT_URL_FIELD"),
-            schema=get("LLM_EXTRACT_SCHEMA"),
-            instructions=get("LLM_EXTRACT_INSTRUCTIONS"),
-            output_field=get("LLM_EXTRACT_OUTPUT_FIELD"),
+            model=_text(settings, "LLM_EXTRACT_MODEL"),
+            source_field=_text(settings, "LLM_EXTRACT_SOURCE_FIELD"),
+            url_field=_text(settings, "LLM_EXTRACT_URL_FIELD"),
+            schema=_schema(settings),
+            instructions=_text(settings, "LLM_EXTRACT_INSTRUCTIONS"),
+            output_field=_text(settings, "LLM_EXTRACT_OUTPUT_FIELD", optional=True),
             keep_source=get_bool("LLM_EXTRACT_KEEP_SOURCE"),
-            error_field=get("LLM_EXTRACT_ERROR_FIELD"),
+            error_field=_text(settings, "LLM_EXTRACT_ERROR_FIELD"),
             max_input_tokens=_number(settings, "LLM_EXTRACT_MAX_INPUT_TOKENS"),
             max_output_tokens=_number(settings, "LLM_EXTRACT_MAX_OUTPUT_TOKENS"),
             prepare_workers=default_prepare_workers() if workers is None else workers,
-            priority_field=get("LLM_EXTRACT_PRIORITY_FIELD"),
-            timestamp_field=get("LLM_EXTRACT_TIMESTAMP_FIELD"),
+            priority_field=_text(settings, "LLM_EXTRACT_PRIORITY_FIELD"),
+            timestamp_field=_text(settings, "LLM_EXTRACT_TIMESTAMP_FIELD"),
             realtime_max_age=_number(settings, "LLM_EXTRACT_REALTIME_MAX_AGE", integer=False),
-            router=router,
+            router=_router(settings),
             concurrent_requests=_number(settings, "LLM_EXTRACT_CONCURRENT_REQUESTS"),
             rpm=_number(settings, "LLM_EXTRACT_RPM", integer=False),
             tpm=_number(settings, "LLM_EXTRACT_TPM", integer=False),
             timeout=_number(settings, "LLM_EXTRACT_TIMEOUT", integer=False),
-            max_retries=settings.getint(
-                "LLM_EXTRACT_MAX_RETRIES", SETTINGS["LLM_EXTRACT_MAX_RETRIES"].default
-            ),
+            max_retries=_number(settings, "LLM_EXTRACT_MAX_RETRIES", zero=True),
             retry_max_time=_number(settings, "LLM_EXTRACT_RETRY_MAX_TIME", integer=False),
-            realtime_fallback=fallback,
+            realtime_fallback=_choice(
+                settings, "LLM_EXTRACT_REALTIME_FALLBACK", ("batch", "error")
+            ),
             cache_enabled=get_bool("LLM_EXTRACT_CACHE_ENABLED"),
             cache_dir=_data_dir(get("LLM_EXTRACT_CACHE_DIR")),
-            prices=settings.getdict("LLM_EXTRACT_PRICES"),
+            prices=_prices(settings),
             spool_dir=_data_dir(get("LLM_EXTRACT_SPOOL_DIR")),
             batch_max_requests=_number(settings, "LLM_EXTRACT_BATCH_MAX_REQUESTS"),
             batch_max_bytes=_number(settings, "LLM_EXTRACT_BATCH_MAX_BYTES"),
@@ -304,8 +380,8 @@ class Config:
             pass_pending=get_bool("LLM_EXTRACT_PASS_PENDING"),
             max_attempts=_number(settings, "LLM_EXTRACT_MAX_ATTEMPTS"),
             keep_remote_files=get_bool("LLM_EXTRACT_KEEP_REMOTE_FILES"),
-            api_key=get("LLM_EXTRACT_API_KEY"),
-            base_url=get("LLM_EXTRACT_BASE_URL"),
+            api_key=_text(settings, "LLM_EXTRACT_API_KEY", optional=True),
+            base_url=_text(settings, "LLM_EXTRACT_BASE_URL", optional=True),
             emulator_dir=_data_dir(emulator_dir) if emulator_dir else None,
             project=settings.get("BOT_NAME", "default"),
             reasoning_effort=effort,

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 from scrapy import signals
 
 from .client import MissingAPIKey, async_client
-from .config import Config
 from .manifest import PENDING, SUBMITTED
 from .models import add_costs, cost_usd, format_usd, model_info, rounded_usd
 from .retry import RetryPolicy
 from .spool import Run, Spool, claim_dead_runs
+from .startup import crawler_config
 from .submit import Submitter
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class BatchSubmitExtension:
 
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
-        self.config = Config.from_settings(crawler.settings)
+        self.config = crawler_config(crawler)
         self.spool = Spool.for_crawler(crawler, self.config)
         self.spool.hold()
         self.spool.on_sealed(self._sealed)

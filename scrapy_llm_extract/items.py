@@ -8,6 +8,8 @@ pipelines as if the crawl had produced it.
 
 from __future__ import annotations
 
+import base64
+import inspect
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -42,6 +44,40 @@ def set_field(adapter: ItemAdapter, name: str, value: Any) -> bool:
     return True
 
 
+def accepts_field(adapter: ItemAdapter, name: str) -> bool:
+    """Whether the item's type has a field ``name`` (any name for a dict)."""
+    names = ItemAdapter.get_field_names_from_class(type(adapter.item))
+    return names is None or name in names
+
+
+def missing_error_field(adapter: ItemAdapter, config: Config) -> str | None:
+    """A warning when the item's type cannot hold LLM_EXTRACT_ERROR_FIELD, else None."""
+    name = config.error_field
+    if accepts_field(adapter, name):
+        return None
+    consequence = (
+        "real-time failures, which LLM_EXTRACT_REALTIME_FALLBACK = 'error' passes on,"
+        " will look like unextracted items"
+        if config.realtime_fallback == "error"
+        else "items that cannot be extracted pass on unmarked"
+    )
+    return (
+        f"{type(adapter.item).__name__} has no field {name!r} (LLM_EXTRACT_ERROR_FIELD):"
+        f" {consequence}. Add {name} = scrapy.Field() to it, or set LLM_EXTRACT_ERROR_FIELD"
+        " to a field it has."
+    )
+
+
+def no_source_warning(cls: type, config: Config) -> str:
+    """What to say about items of ``cls`` that arrive without the page."""
+    name = config.source_field
+    return (
+        f"A {cls.__name__} item has no {name!r} field (LLM_EXTRACT_SOURCE_FIELD), so it passes"
+        " on unextracted (counted in llm_extract/skipped/no_source). Put the page in"
+        f" {name!r}, or set LLM_EXTRACT_SOURCE_FIELD to the field that holds it."
+    )
+
+
 def merge_extracted(adapter: ItemAdapter, fields: Mapping[str, Any], config: Config) -> list[str]:
     """Put extracted ``fields`` into the item; return the names the item could not take."""
     if config.output_field:
@@ -61,19 +97,68 @@ def class_path(item: Any) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+#: Key of the one-key object that stands for a bytes value in a spooled record.
+BYTES_TAG = "__llm_extract_bytes__"
+
+
+def _to_record(value: Any) -> Any:
+    """``value`` with its bytes, at any depth, as ``{BYTES_TAG: base64}`` (JSON has no bytes)."""
+    if isinstance(value, bytes | bytearray):
+        return {BYTES_TAG: base64.b64encode(value).decode("ascii")}
+    if isinstance(value, Mapping):
+        return {key: _to_record(inner) for key, inner in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_record(inner) for inner in value]
+    if ItemAdapter.is_item(value):
+        return _to_record(ItemAdapter(value).asdict())
+    return value
+
+
+def _from_record(value: Any) -> Any:
+    """Inverse of :func:`_to_record` on a record read back from JSON."""
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get(BYTES_TAG), str):
+            return base64.b64decode(value[BYTES_TAG])
+        return {key: _from_record(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [_from_record(inner) for inner in value]
+    return value
+
+
 def item_record(item: Any, config: Config) -> dict[str, Any]:
-    """What the sidecar keeps of an item: its class and fields, without the page."""
+    """What the sidecar keeps of an item: its class and fields, without the page.
+
+    Bytes are tagged so that :func:`rebuild_item` gives them back as bytes; text
+    with lone surrogates survives the sidecar's JSON as escapes.
+    """
     fields = {
-        name: value
+        name: _to_record(value)
         for name, value in ItemAdapter(item).asdict().items()
         if name != config.source_field
     }
     return {"item_class": class_path(item), "fields": fields}
 
 
+def _required_parameters(cls: type) -> list[str]:
+    """Constructor arguments without a default (a dataclass's ``html: str``, say)."""
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [
+        p.name
+        for p in parameters
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+
+
 def rebuild_item(record: Mapping[str, Any]) -> Any:
-    """The item a sidecar record describes, of its original class when importable."""
-    fields = dict(record.get("fields") or {})
+    """The item a sidecar record describes, of its original class when importable.
+
+    Required constructor arguments the record lacks (the page, left out of the
+    spool, or a field added since) are passed as None.
+    """
+    fields = _from_record(dict(record.get("fields") or {}))
     path = record.get("item_class") or "builtins:dict"
     module, _, qualname = path.partition(":")
     try:
@@ -87,8 +172,9 @@ def rebuild_item(record: Mapping[str, Any]) -> Any:
         return fields
     if cls is dict:
         return fields
+    missing = {name: None for name in _required_parameters(cls) if name not in fields}
     try:
-        return cls(**fields)
+        return cls(**fields, **missing)
     except (TypeError, KeyError, ValueError) as exc:
         logger.warning(
             "Could not rebuild a %s from its spooled fields (%s); passing it on as a dict.",

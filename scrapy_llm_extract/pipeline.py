@@ -17,20 +17,31 @@ from itemadapter import ItemAdapter
 from scrapy.exceptions import DropItem
 from scrapy.utils.defer import deferred_from_coro
 
-from .config import Config
+from .config import ConfigError
 from .extraction import InvalidInput, Prepared, Preparer
-from .items import item_record, merge_extracted, set_field
+from .items import (
+    item_record,
+    merge_extracted,
+    missing_error_field,
+    no_source_warning,
+    set_field,
+)
 from .realtime import RealtimeExtractor
 from .results import Extracted, Failure
 from .router import BATCH, REALTIME, SKIP, checked_route, resolve_router
 from .schema import SchemaError
-from .spool import Spool
+from .spool import Spool, UnspoolableItem
+from .startup import check_spool_dir, crawler_config, exit_nonzero, stop_with
 from .workers import PrepareWorkers
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
+
+#: Level of Scrapy's "Dropped:" line for a held-back item: NOTSET (0), under any handler's
+#: level, because that line prints the whole item, page and all. The pipeline logs the URL.
+SPOOLED_DROP_LOG_LEVEL = "NOTSET"
 
 #: Set on the spider that ``scrapy collect-batches`` uses to replay extracted
 #: items through ITEM_PIPELINES: this pipeline passes its items on untouched.
@@ -42,13 +53,19 @@ class LLMExtractPipeline:
 
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
-        self.config = Config.from_settings(crawler.settings)
+        self.config = crawler_config(crawler)
+        try:
+            check_spool_dir(self.config.spool_dir)  # before the first page, not at the first item
+        except ConfigError as exc:
+            raise stop_with(exc) from None
         self.stats = crawler.stats
         self.preparer = Preparer(self.config)
         self.workers = PrepareWorkers(self.config, crawler.stats)
         self.realtime = RealtimeExtractor(self.config, crawler.stats)
         self.spool = Spool.for_crawler(crawler, self.config)
         self._schema_error_reported = False
+        self._checked_classes: set[type] = set()
+        self._no_source_classes: set[type] = set()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> LLMExtractPipeline:
@@ -74,12 +91,13 @@ class LLMExtractPipeline:
             return self._pass_invalid(
                 item, None, InvalidInput("item_type", f"{type(item).__name__} is not an item type")
             )
+        self._check_item_class(adapter)
         route = checked_route(self.router(item, self.crawler.spider))
         self.stats.inc_value(f"llm_extract/routed/{route}")
         if route == SKIP:
             return item
         if not self.preparer.has_source(adapter):
-            self.stats.inc_value("llm_extract/skipped/no_source")
+            self._no_source(adapter)
             return item
         try:
             prepared = await self.preparer.prepare_async(adapter, self.workers)
@@ -87,7 +105,9 @@ class LLMExtractPipeline:
             return self._pass_invalid(item, adapter, exc)
         except SchemaError as exc:
             self._report_schema_error(exc)
-            return item
+            raise DropItem(
+                "no schema to extract it with", log_level=SPOOLED_DROP_LOG_LEVEL
+            ) from None
         if prepared.request.truncated:
             self.stats.inc_value("llm_extract/prompt/truncated")
         if prepared.request.slim_fallback:
@@ -141,10 +161,35 @@ class LLMExtractPipeline:
         return item
 
     def _spool(self, item: Any, prepared: Prepared) -> Any:
-        self.spool.add(prepared, item_record(item, self.config))
+        try:
+            self.spool.add(prepared, item_record(item, self.config))
+        except UnspoolableItem as exc:
+            return self._not_spooled(item, prepared, "unspoolable_item", exc)
+        except OSError as exc:
+            return self._not_spooled(item, prepared, "spool_write_failed", exc)
         if self.config.pass_pending:
             return item
-        raise DropItem("spooled for batch extraction", log_level="DEBUG")
+        logger.debug("Spooled %s for batch extraction.", prepared.url)
+        raise DropItem(
+            f"spooled for batch extraction: {prepared.url}", log_level=SPOOLED_DROP_LOG_LEVEL
+        )
+
+    def _not_spooled(self, item: Any, prepared: Prepared, kind: str, exc: Exception) -> Any:
+        """A row the spool could not take: the item goes on, marked, rather than vanish."""
+        self.stats.inc_value(f"llm_extract/batch/{kind}")
+        set_field(ItemAdapter(item), self.config.error_field, f"{kind}: {exc}")
+        if kind == "unspoolable_item":
+            advice = "make its fields JSON-serialisable (str, numbers, bytes, lists, dicts)"
+        else:
+            advice = "free space there or point LLM_EXTRACT_SPOOL_DIR elsewhere"
+        logger.error(
+            "Could not spool %s (%s); it is passed on unextracted with %s set: %s.",
+            prepared.url,
+            exc,
+            self.config.error_field,
+            advice,
+        )
+        return item
 
     def _pass_invalid(self, item: Any, adapter: ItemAdapter | None, exc: InvalidInput) -> Any:
         self.stats.inc_value(f"llm_extract/invalid_input/{exc.kind}")
@@ -161,6 +206,23 @@ class LLMExtractPipeline:
         self._schema_error_reported = True
         logger.error("%s Closing the spider.", exc)
         assert self.crawler.engine is not None
+        exit_nonzero(self.crawler)
         self._closing = deferred_from_coro(
             self.crawler.engine.close_spider_async(reason="llm_extract_schema_error")
         )
+
+    def _check_item_class(self, adapter: ItemAdapter) -> None:
+        """Say once per item class what it lacks for failures to show on its items."""
+        cls = type(adapter.item)
+        if cls not in self._checked_classes:
+            self._checked_classes.add(cls)
+            if (warning := missing_error_field(adapter, self.config)) is not None:
+                logger.warning(warning)
+
+    def _no_source(self, adapter: ItemAdapter) -> None:
+        """Count an item without its page, and say once per item class which setting names it."""
+        self.stats.inc_value("llm_extract/skipped/no_source")
+        cls = type(adapter.item)
+        if cls not in self._no_source_classes:
+            self._no_source_classes.add(cls)
+            logger.warning(no_source_warning(cls, self.config))

@@ -26,7 +26,7 @@ from scrapy.utils.asyncio import is_asyncio_available
 from .cache import ResponseCache
 from .client import async_client, redact
 from .config import Config
-from .models import add_costs, cost_usd, model_info
+from .models import add_costs, cost_usd, model_info, rounded_usd
 from .results import (
     API_ERROR,
     CONNECTION,
@@ -149,6 +149,7 @@ class RealtimeExtractor:
         self.cache = ResponseCache(config.cache_dir, endpoint) if config.cache_enabled else None
         self._slots = asyncio.Semaphore(config.concurrent_requests)
         self._model = model_info(config.model, config.prices)
+        self._cost: float | None = 0.0
 
     async def extract(self, prepared: Prepared) -> Outcome:
         """The extracted fields, or a failure of a named kind; never raises."""
@@ -177,7 +178,7 @@ class RealtimeExtractor:
             if isinstance(outcome, Extracted):
                 self._inc("cached")
                 return outcome
-        answer = await self._answer(request)
+        answer = await self._answer(request, prepared.url)
         if isinstance(answer, Failure):
             return answer
         outcome = parse_completion(answer, schema)
@@ -186,7 +187,9 @@ class RealtimeExtractor:
             self.cache.put(request.body_json, answer)
         return outcome
 
-    async def _answer(self, request: ExtractionRequest) -> dict[str, Any] | Failure:
+    async def _answer(
+        self, request: ExtractionRequest, url: str | None
+    ) -> dict[str, Any] | Failure:
         """The chat.completion body, after as many retries as the policy allows."""
         retries = 0
 
@@ -196,7 +199,14 @@ class RealtimeExtractor:
             self._inc("retried")
             if isinstance(exc, openai.RateLimitError) and (asked := retry_after(exc)):
                 self.limiter.pause(asked)
-            logger.debug("Retrying a real-time call in %.2f s: %s", wait, self._describe(exc))
+            logger.info(
+                "Real-time call for %s failed (%s); retry %d of %d in %.1f s.",
+                url,
+                self._describe(exc),
+                retries,
+                self.config.max_retries,
+                wait,
+            )
 
         async def send() -> httpx2.Response:
             await self.limiter.acquire(request.prompt_tokens)
@@ -227,7 +237,7 @@ class RealtimeExtractor:
             )
         elif isinstance(exc, openai.APITimeoutError):
             kind = TIMEOUT
-            advice = f"raise LLM_EXTRACT_TIMEOUT (now {self.config.timeout:g} s)"
+            advice = self._timeout_advice(exc)
         elif isinstance(exc, openai.APIConnectionError):
             kind = CONNECTION
             advice = "check the network and LLM_EXTRACT_BASE_URL"
@@ -242,9 +252,28 @@ class RealtimeExtractor:
             advice = "the request was refused; check LLM_EXTRACT_MODEL and the item's schema"
         return Failure(kind, f"{self._describe(exc)}{after}; {advice}")
 
+    def _timeout_advice(self, exc: openai.APITimeoutError) -> str:
+        """A connection never made, an answer never begun and a slow answer differ in cure."""
+        timeout = f"LLM_EXTRACT_TIMEOUT ({self.config.timeout:g} s)"
+        if isinstance(exc.__cause__, httpx2.ConnectTimeout | httpx2.PoolTimeout):
+            return "the endpoint takes no connections: check LLM_EXTRACT_BASE_URL and the network"
+        return (
+            f"the endpoint took the request but did not answer within {timeout}: if it never"
+            " answers, check LLM_EXTRACT_BASE_URL (an OpenAI-compatible API?) and any proxy;"
+            f" if its answers are only slow (long pages, large outputs), raise {timeout}"
+        )
+
     def _describe(self, exc: BaseException) -> str:
         if isinstance(exc, openai.APIStatusError):
             text = f"HTTP {exc.status_code}: {exc.message}"
+        elif isinstance(exc, openai.APITimeoutError):
+            waited = f"{self.config.timeout:g} s"
+            if isinstance(exc.__cause__, httpx2.ConnectTimeout):
+                text = f"no connection within {waited}"
+            elif isinstance(exc.__cause__, httpx2.PoolTimeout):
+                text = f"no free connection within {waited}"
+            else:
+                text = f"no answer within {waited}"
         else:
             text = str(exc) or type(exc).__name__
         return self._redact(text)
@@ -265,9 +294,10 @@ class RealtimeExtractor:
             usage.completion_tokens,
             cached_tokens=usage.cached_tokens,
         )
-        key = f"{STATS_PREFIX}/cost_usd"
-        # None (an unknown price) stays None: an unknown cost must not read as $0.
-        self.stats.set_value(key, add_costs(self.stats.get_value(key, 0.0), cost))
+        # Summed exactly and shown to the micro-dollar; None (an unknown price) stays None,
+        # since an unknown cost must not read as $0.
+        self._cost = add_costs(self._cost, cost)
+        self.stats.set_value(f"{STATS_PREFIX}/cost_usd", rounded_usd(self._cost))
 
     def _inc(self, name: str, count: int = 1) -> None:
         self.stats.inc_value(f"{STATS_PREFIX}/{name}", count)

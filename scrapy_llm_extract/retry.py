@@ -52,12 +52,19 @@ def retry_after(exc: BaseException) -> float | None:
 class RetryPolicy:
     max_retries: int
     max_time: float
+    #: How long one attempt may take (the client's timeout): no retry starts that could
+    #: end past ``max_time``, so a call that never gets an answer gives up within it.
+    attempt_timeout: float = 0.0
     base_delay: float = 0.5
     max_delay: float = 60.0
 
     @classmethod
     def from_config(cls, config: Config) -> RetryPolicy:
-        return cls(max_retries=config.max_retries, max_time=config.retry_max_time)
+        return cls(
+            max_retries=config.max_retries,
+            max_time=config.retry_max_time,
+            attempt_timeout=config.timeout,
+        )
 
     def delay(self, exc: BaseException, attempt: int, elapsed: float) -> float | None:
         """Seconds to wait before retry ``attempt`` (1-based), or None to give up."""
@@ -69,7 +76,7 @@ class RetryPolicy:
         else:
             wait = min(self.base_delay * 2 ** (attempt - 1), self.max_delay)
             wait *= 0.5 + random.random() / 2  # jitter: spread retries of a burst
-        if elapsed + wait > self.max_time:
+        if elapsed + wait + self.attempt_timeout > self.max_time:
             return None
         return wait
 

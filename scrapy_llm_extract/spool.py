@@ -18,8 +18,9 @@ row sends the very bytes the real-time call would)::
      "url":"/v1/chat/completions","body":{...}}
 
 Sidecar row (same ``custom_id``; ``schema`` is a key of the manifest's
-``schemas``; ``fields`` are the item's fields without the page, non-JSON
-values encoded by Scrapy's ``ScrapyJSONEncoder``)::
+``schemas``; ``fields`` are the item's fields without the page, bytes tagged
+by :func:`~.items.item_record`, other non-JSON values encoded by Scrapy's
+``ScrapyJSONEncoder``)::
 
     {"custom_id":...,"url":...,"model":...,"schema":"<key>","prompt_tokens":n,"attempt":1,
      "item_class":"pkg.mod:Class","fields":{...}}
@@ -27,7 +28,8 @@ values encoded by Scrapy's ``ScrapyJSONEncoder``)::
 Crash safety: each row is one ``os.write`` of a whole line on an ``O_APPEND``
 descriptor, sidecar row first, so a crawl killed at any instant leaves whole
 lines plus at most one partial last line, and never a request without its
-sidecar row. Readers split on ``b"\\n"`` only (bodies may hold U+2028) and
+sidecar row; a write that fails (disk full, file-size limit) is rolled back
+to the last whole line. Readers split on ``b"\\n"`` only (bodies may hold U+2028) and
 ignore a last line without its newline. A run is *live* while its lock is
 held; a run whose manifest is not closed and whose lock is free is *dead*:
 :func:`claim_dead_runs` locks it and :meth:`Run.seal_leftovers` truncates its
@@ -74,6 +76,7 @@ PART_SUFFIX = ".part"
 MAX_CUSTOM_ID = 64
 
 _sidecar_encoder = ScrapyJSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_ascii_sidecar_encoder = ScrapyJSONEncoder(ensure_ascii=True, separators=(",", ":"))
 
 
 def requests_name(number: int) -> str:
@@ -112,6 +115,24 @@ def read_lines(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
+class UnspoolableItem(ValueError):
+    """An item field JSON cannot hold (an object of an unknown type, a bytes dict key...)."""
+
+
+def encode_sidecar(sidecar: dict[str, Any]) -> bytes:
+    """One sidecar line. Text holding lone surrogates (undecodable bytes read with
+    ``surrogateescape``) is written with ASCII escapes, which JSON reads back as the
+    same surrogates; bytes were tagged by :func:`~.items.item_record`."""
+    try:
+        text = _sidecar_encoder.encode(sidecar)
+    except (TypeError, ValueError) as exc:
+        raise UnspoolableItem(str(exc)) from exc
+    try:
+        return (text + "\n").encode()
+    except UnicodeEncodeError:
+        return (_ascii_sidecar_encoder.encode(sidecar) + "\n").encode()
+
+
 def _write_all(fd: int, data: bytes) -> None:
     """Append ``data``; a regular file takes it in one write unless the disk is full."""
     view = memoryview(data)
@@ -142,6 +163,17 @@ def _truncate_partial_line(path: Path) -> None:
             os.fsync(f.fileno())
 
 
+class SpoolWriteError(OSError):
+    """A row could not be written; the spool files were rolled back to whole lines."""
+
+    def __init__(self, path: Path, cause: OSError) -> None:
+        super().__init__(
+            cause.errno,
+            f"could not write to the spool file {path} ({cause.strerror or cause});"
+            " the row was rolled back",
+        )
+
+
 class SpoolFile:
     """One requests file and its sidecar, open for appending until sealed."""
 
@@ -170,9 +202,24 @@ class SpoolFile:
         )
 
     def append(self, line: bytes, sidecar: dict[str, Any], prompt_tokens: int) -> None:
-        """Write the sidecar row, then the request row: each one whole line in one write."""
-        _write_all(self._sidecar_fd, (_sidecar_encoder.encode(sidecar) + "\n").encode())
-        _write_all(self._requests_fd, line)
+        """Write the sidecar row, then the request row: each one whole line in one write.
+
+        A write that fails (disk full, file-size limit) may have written part of
+        its line: both files are cut back to their size before this row, so the
+        next row starts on a whole line, and :class:`SpoolWriteError` says so.
+        """
+        self.write_row(line, encode_sidecar(sidecar), prompt_tokens)
+
+    def write_row(self, line: bytes, sidecar_line: bytes, prompt_tokens: int) -> None:
+        """:meth:`append` with the sidecar row already encoded by :func:`encode_sidecar`."""
+        sizes = [(fd, os.fstat(fd).st_size) for fd in (self._sidecar_fd, self._requests_fd)]
+        try:
+            _write_all(self._sidecar_fd, sidecar_line)
+            _write_all(self._requests_fd, line)
+        except OSError as exc:
+            for fd, size in sizes:
+                os.ftruncate(fd, size)  # shrinking needs no space; if it fails, let it say so
+            raise SpoolWriteError(self.run.path / self.name, exc) from exc
         self.entry["rows"] += 1
         self.entry["bytes"] += len(line)
         self.entry["prompt_tokens"] += prompt_tokens
@@ -451,13 +498,28 @@ class Spool:
         self._sealed_callbacks.append(callback)
 
     def add(self, prepared: Prepared, record: dict[str, Any]) -> str:
-        """Spool one request with its item record; return its ``custom_id``."""
+        """Spool one request with its item record; return its ``custom_id``.
+
+        Raises :class:`UnspoolableItem` (nothing written) or :class:`OSError`
+        (the files are left on whole lines): the caller decides what the item becomes.
+        """
         request = prepared.request
         run = self._run()
         self._seq += 1
         custom_id = f"{run.run_id.rsplit('-', 2)[-2]}-{run.run_id[-8:]}-{self._seq}"
         assert len(custom_id) <= MAX_CUSTOM_ID
         line = request_line(custom_id, request.body_json)
+        sidecar = encode_sidecar(
+            {
+                "custom_id": custom_id,
+                "url": prepared.url,
+                "model": request.model,
+                "schema": self._schema_key(run, prepared.schema),
+                "prompt_tokens": request.prompt_tokens,
+                "attempt": 1,
+                **record,
+            }
+        )  # before any file is touched: an item that cannot be spooled leaves no trace
         current = self.current
         if current is not None and (
             current.model != request.model
@@ -467,16 +529,7 @@ class Spool:
             current = None
         if current is None:
             current = self.current = run.new_file(request.model)
-        sidecar = {
-            "custom_id": custom_id,
-            "url": prepared.url,
-            "model": request.model,
-            "schema": self._schema_key(run, prepared.schema),
-            "prompt_tokens": request.prompt_tokens,
-            "attempt": 1,
-            **record,
-        }
-        current.append(line, sidecar, request.prompt_tokens)
+        current.write_row(line, sidecar, request.prompt_tokens)
         self.rows += 1
         self.tokens_by_model[request.model] += request.prompt_tokens
         if self.stats is not None:

@@ -2,9 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from scrapy_llm_extract.config import SETTINGS, Config
+from scrapy_llm_extract.config import SETTINGS, Config, ConfigError, unknown_settings
 
 from .helpers import make_config
+from .tiny_project import crawl
 
 
 def test_defaults():
@@ -77,4 +78,65 @@ def test_api_key_is_not_in_the_repr():
 )
 def test_bad_values_name_the_setting(name, value):
     with pytest.raises(ValueError, match=name):
+        make_config(**{name: value})
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (
+            "LLM_EXTRACT_CONCURRENT_REQUESTS = -3",
+            "LLM_EXTRACT_CONCURRENT_REQUESTS must be a whole number > 0, got -3.",
+        ),
+        (
+            'LLM_EXTRACT_REALTIME_FALLBACK = "bogus"',
+            "LLM_EXTRACT_REALTIME_FALLBACK must be 'batch' or 'error', got 'bogus'.",
+        ),
+        ("LLM_EXTRACT_MODEL = 42", "LLM_EXTRACT_MODEL must be a non-empty string, got 42."),
+    ],
+)
+def test_an_invalid_setting_stops_the_crawl_with_one_line_and_exit_1(tmp_path, setting, message):
+    result = crawl(tmp_path, setting)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1
+    assert errors[0].endswith(f"[scrapy_llm_extract.startup] ERROR: {message}")
+    assert "Traceback" not in result.stderr
+    assert "Spider opened" not in result.stderr
+
+
+def test_misspelt_setting_names_are_reported_with_the_likely_one(tmp_path):
+    result = crawl(tmp_path, "LLM_EXTRACT_CONCURENT_REQUESTS = 3\nLLM_EXTRACT_COLOUR = 1\n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "WARNING: LLM_EXTRACT_CONCURENT_REQUESTS is not a scrapy-llm-extract setting and is"
+        " ignored. Did you mean LLM_EXTRACT_CONCURRENT_REQUESTS?"
+    ) in result.stderr
+    assert "WARNING: LLM_EXTRACT_COLOUR is not a scrapy-llm-extract setting and is ignored.\n" in (
+        result.stderr
+    )
+
+
+def test_unknown_names_get_a_suggestion_only_when_one_is_close():
+    assert unknown_settings(["LLM_EXTRACT_SPOOLDIR", "LLM_EXTRACT_FOO", "LLM_EXTRACT_MODEL"]) == [
+        "LLM_EXTRACT_FOO is not a scrapy-llm-extract setting and is ignored.",
+        "LLM_EXTRACT_SPOOLDIR is not a scrapy-llm-extract setting and is ignored."
+        " Did you mean LLM_EXTRACT_SPOOL_DIR?",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("LLM_EXTRACT_MODEL", 42),
+        ("LLM_EXTRACT_SOURCE_FIELD", ""),
+        ("LLM_EXTRACT_KEEP_SOURCE", "maybe"),
+        ("LLM_EXTRACT_ROUTER", "nowhere.router"),
+        ("LLM_EXTRACT_SCHEMA", 3),
+        ("LLM_EXTRACT_PRICES", {"gpt-4o-mini": 0.15}),
+        ("LLM_EXTRACT_MAX_RETRIES", -1),
+    ],
+)
+def test_values_of_the_wrong_type_are_config_errors_naming_the_setting(name, value):
+    with pytest.raises(ConfigError, match=f"^{name}"):
         make_config(**{name: value})

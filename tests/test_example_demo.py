@@ -47,7 +47,16 @@ def test_demo_crawls_collects_and_says_where_the_items_are(tmp_path: Path) -> No
     assert re.search(rf"\b43 by batch +-> {re.escape(str(project / 'output'))}", out)
     assert "pip install" not in out and "-m venv" not in out
     # The demo removed the key: the emulator answered, and said so.
-    assert "OFFLINE: OPENAI_API_KEY is not set" in result.stderr
+    assert "OFFLINE: LLM_EXTRACT_EMULATOR_DIR is set" in result.stderr
+    # The terminal reads like a product: the package's lines, then the summary last; Scrapy's
+    # own log (settings, middlewares, stats) is in the files the demo names.
+    assert len(result.stderr.splitlines()) <= 20, result.stderr
+    assert "Dumping Scrapy stats" not in result.stderr
+    assert "[scrapy_llm_extract.extension] INFO: Batch spool " in result.stderr
+    assert out.rstrip().splitlines()[-1].startswith("Offline, the emulator copies values")
+    for log in ("crawl.log", "collect-batches.log"):
+        assert f"(log: output/{log})" in out
+        assert "Dumping Scrapy stats" in (project / "output" / log).read_text()
 
 
 def test_an_empty_venv_is_not_taken_for_an_install(tmp_path: Path, monkeypatch) -> None:

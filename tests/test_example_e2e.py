@@ -29,7 +29,7 @@ from shopdemo.shop.catalog import CATALOG, ShopProduct  # noqa: E402
 from shopdemo.shop.pages import SHOP_NAME  # noqa: E402
 
 EXTRACTED = ("title", "price", "currency", "sku", "brand", "availability")
-OFFLINE_NOTICE = "OFFLINE: OPENAI_API_KEY is not set"
+OFFLINE_NOTICE = "OFFLINE: LLM_EXTRACT_EMULATOR_DIR is set, so requests go to the bundled"
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import httpx2
 import openai
+import pytest
 from scrapy.utils.defer import deferred_f_from_coro_f
 
 from scrapy_llm_extract.emulator import emulator_transport
 from scrapy_llm_extract.manifest import PENDING, SUBMITTED
 from scrapy_llm_extract.spool import list_runs
 from tests.test_realtime_crawl import crawl
+from tests.tiny_project import crawl as crawl_project
 
 API_KEY = "sk-proj-SPOOL-SECRET-4b1d9e"
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,7 +130,8 @@ async def test_files_are_submitted_on_close_with_one_summary_line(
     summaries = [r for r in caplog.records if r.getMessage().startswith("Batch spool ")]
     assert len(summaries) == 1
     assert "10 row(s)" in summaries[0].getMessage()
-    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [w for w in warnings if not w.startswith("OFFLINE: ")] == []
     # The API key is in no spool or manifest file.
     for path in (tmp_path / "spool").rglob("*"):
         if path.is_file():
@@ -215,3 +218,23 @@ def test_two_crawl_processes_share_a_spool_root_with_unique_ids(tmp_path, local_
     assert len(set(ids)) == 30
     urls = {row["url"] for run in runs for n in run.manifest.files for row in run.iter_sidecar(n)}
     assert urls == {url for url, _ in pages(local_site, range(30))}
+
+
+@pytest.mark.parametrize("key", [None, "OPENAI_API_KEY"])
+def test_the_package_says_once_that_the_emulator_answers_and_that_a_key_goes_unused(tmp_path, key):
+    result = crawl_project(tmp_path, env={key: "sk-test-not-used-1234"} if key else None)
+    assert result.returncode == 0, result.stderr[-3000:]
+    notices = [line for line in result.stderr.splitlines() if "OFFLINE:" in line]
+    assert len(notices) == 1
+    assert notices[0].endswith(
+        "WARNING: OFFLINE: LLM_EXTRACT_EMULATOR_DIR is set, so requests go to the bundled"
+        f" OpenAI emulator (state in {tmp_path / 'emulator'}), not to a model: it copies values"
+        " from each page's structured data only."
+        + (
+            " OPENAI_API_KEY is set but not used: remove LLM_EXTRACT_EMULATOR_DIR to call OpenAI."
+            if key
+            else ""
+        )
+    )
+    assert "sk-test-not-used" not in result.stderr
+    assert "Emulator config loaded" not in result.stderr  # there is no config.json

@@ -83,3 +83,25 @@ def test_unimportable_or_changed_classes_come_back_as_dicts(caplog):
     changed = {"item_class": class_path(Product()), "fields": {"title": "T", "removed": 1}}
     assert rebuild_item(changed) == {"title": "T", "removed": 1}
     assert rebuild_item({"item_class": "builtins:dict", "fields": {"a": 1}}) == {"a": 1}
+
+
+@dataclasses.dataclass
+class DCProduct:
+    url: str
+    html: str
+    title: str | None = None
+
+
+def test_dataclasses_with_a_required_page_rebuild_as_their_class():
+    config = make_config()
+    item = DCProduct(url="u", html="<p>page</p>", title="T")
+    record = json.loads(json.dumps(item_record(item, config), cls=ScrapyJSONEncoder))
+    rebuilt = rebuild_item(record)
+    assert rebuilt == DCProduct(url="u", html=None, title="T")  # type: ignore[arg-type]
+
+
+def test_bytes_in_any_field_come_back_as_bytes():
+    config = make_config()
+    item = {"url": "u", "html": "<p>", "raw": b"\xff\x00", "list": [b"a", {"b": b"c"}]}
+    record = json.loads(json.dumps(item_record(item, config)))
+    assert rebuild_item(record) == {"url": "u", "raw": b"\xff\x00", "list": [b"a", {"b": b"c"}]}

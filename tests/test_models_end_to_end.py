@@ -59,7 +59,10 @@ async def test_a_crawl_extracts_urgent_items_in_real_time_and_spools_the_rest(
     assert counted["reasoning_tokens"] == 3 * REASONING_TOKENS["minimal"]
     assert counted["output_tokens"] > counted["reasoning_tokens"]
     assert counted["cost_usd"] == pytest.approx(
-        (counted["input_tokens"] * INPUT_PRICE + counted["output_tokens"] * OUTPUT_PRICE) / 1e6
+        round(
+            (counted["input_tokens"] * INPUT_PRICE + counted["output_tokens"] * OUTPUT_PRICE) / 1e6,
+            6,
+        )
     )
     assert [generation_params(raw) for raw in emulator.requests()] == [REASONING_BODY] * 3
 

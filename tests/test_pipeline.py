@@ -12,6 +12,8 @@ from scrapy.utils.test import get_crawler
 
 from scrapy_llm_extract import Addon, BatchSubmitExtension, LLMExtractPipeline
 
+from .tiny_project import crawl
+
 
 class Product(scrapy.Item):
     url = scrapy.Field()
@@ -36,6 +38,11 @@ async def open_pipeline(tmp_path, **settings):
     pipeline = LLMExtractPipeline.from_crawler(crawler)
     await pipeline.open_spider()
     return crawler, pipeline
+
+
+def pipeline_records(caplog):
+    """The pipeline's own records (the client also warns that the emulator answers)."""
+    return [r for r in caplog.records if r.name == "scrapy_llm_extract.pipeline"]
 
 
 @deferred_f_from_coro_f
@@ -66,7 +73,7 @@ async def test_empty_pages_pass_on_with_the_reason(tmp_path, caplog):
     assert await pipeline.process_item(item) is item
     assert item["llm_extract_error"].startswith("invalid_input: ")
     assert crawler.stats.get_value("llm_extract/invalid_input/empty_page") == 1
-    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
+    assert len([r for r in pipeline_records(caplog) if r.levelno >= logging.WARNING]) == 1
     await pipeline.close_spider()
 
 
@@ -160,3 +167,124 @@ async def test_pages_the_drop_rules_would_empty_are_counted(tmp_path, workers, c
         " slimmed without them (llm_extract/slim/fallback)."
     ]
     assert crawler.stats.get_value("llm_extract/prepare/in_workers") == (2 if workers else None)
+
+
+def test_a_spool_folder_that_cannot_be_written_stops_the_crawl_with_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = crawl(tmp_path, f"LLM_EXTRACT_SPOOL_DIR = {str(blocker / 'spool')!r}\n")
+    assert result.returncode == 1
+    (error,) = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert error.endswith(
+        f"ERROR: LLM_EXTRACT_SPOOL_DIR {blocker / 'spool'} cannot be created or written"
+        " (Not a directory): point it at a writable folder."
+    )
+    assert "Traceback" not in result.stderr
+    assert "Spider opened" not in result.stderr
+
+
+def test_held_back_items_are_one_short_debug_line_and_api_calls_are_quiet(tmp_path):
+    page = "<h1>Blue mug</h1><p>12.99 EUR</p>" + "<p>PAGE-TEXT-MARKER</p>" * 200
+    result = crawl(
+        tmp_path,
+        "LOG_LEVEL = 'DEBUG'\n",
+        item=f'Product(url=f"http://shop.test/{{n}}", html={page!r})',
+        items=4,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "PAGE-TEXT-MARKER" not in result.stderr
+    spooled = [line for line in result.stderr.splitlines() if "for batch extraction" in line]
+    assert [line.split("] ", 1)[1] for line in spooled] == [
+        f"DEBUG: Spooled http://shop.test/{n} for batch extraction." for n in range(4)
+    ]
+    assert "Submitted requests-0001.jsonl" in result.stderr  # the API was called...
+    for chatty in ("[httpx", "[httpcore", "[openai", "HTTP Request:"):
+        assert chatty not in result.stderr  # ...without a line per call
+
+
+def test_a_dict_item_without_a_schema_fails_the_crawl_and_is_not_exported(tmp_path):
+    result = crawl(
+        tmp_path,
+        item='{"url": f"http://shop.test/{n}", "html": "<h1>PAGE-MARKER</h1><p>1 EUR</p>"}',
+        args=("-O", str(tmp_path / "items.jsonl")),
+    )
+    assert result.returncode == 1
+    assert (
+        "ERROR: dict declares no fields to extract; set LLM_EXTRACT_SCHEMA to a JSON Schema"
+        " dict or to the import path of an item class. Closing the spider."
+    ) in result.stderr
+    assert "Spider closed (llm_extract_schema_error)" in result.stderr
+    assert "'llm_extract/invalid_input/no_schema': 3" in result.stderr
+    assert (tmp_path / "items.jsonl").read_text() == ""
+    assert "PAGE-MARKER" not in result.stderr
+
+
+@deferred_f_from_coro_f
+async def test_an_item_json_cannot_hold_passes_on_marked_and_counted(tmp_path, caplog):
+    crawler, pipeline = await open_pipeline(tmp_path, LLM_EXTRACT_PREPARE_WORKERS=0)
+    item = Product(url="http://shop.test/1", html="<h1>Mug</h1>", title={b"bytes key": 1})
+    with caplog.at_level(logging.ERROR):
+        assert await pipeline.process_item(item) is item
+    assert item["llm_extract_error"].startswith("unspoolable_item: ")
+    assert crawler.stats.get_value("llm_extract/batch/unspoolable_item") == 1
+    assert "Could not spool http://shop.test/1" in caplog.text
+    with pytest.raises(DropItem):  # the next item spools: nothing of the first was written
+        await pipeline.process_item(Product(url="http://shop.test/2", html="<h1>Cup</h1>"))
+    await pipeline.close_spider()
+    (requests_file,) = pipeline.spool.run.path.glob("requests-*.jsonl")
+    assert len(requests_file.read_bytes().splitlines()) == 1
+
+
+class BareProduct(scrapy.Item):
+    url = scrapy.Field()
+    html = scrapy.Field()
+    title = scrapy.Field()
+
+
+@deferred_f_from_coro_f
+async def test_an_item_class_without_the_error_field_is_named_once(tmp_path, caplog):
+    _, pipeline = await open_pipeline(
+        tmp_path, LLM_EXTRACT_REALTIME_FALLBACK="error", LLM_EXTRACT_ROUTER=skip_everything
+    )
+    with caplog.at_level(logging.WARNING):
+        for n in range(3):
+            await pipeline.process_item(BareProduct(url=f"u{n}", html="<p>page</p>"))
+            await pipeline.process_item(Product(url=f"u{n}", html="<p>page</p>"))
+    (warning,) = [r.getMessage() for r in pipeline_records(caplog) if r.levelno == logging.WARNING]
+    assert warning.startswith(
+        "BareProduct has no field 'llm_extract_error' (LLM_EXTRACT_ERROR_FIELD): real-time"
+        " failures, which LLM_EXTRACT_REALTIME_FALLBACK = 'error' passes on, will look like"
+        " unextracted items. Add llm_extract_error = scrapy.Field() to it"
+    )
+    await pipeline.close_spider()
+
+
+@deferred_f_from_coro_f
+async def test_items_without_the_source_field_are_named_once_per_class(tmp_path, caplog):
+    crawler, pipeline = await open_pipeline(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        for n in range(3):
+            await pipeline.process_item(Product(url=f"u{n}", title="no page"))
+            await pipeline.process_item({"url": f"u{n}", "page": "<p>misnamed</p>"})
+    warnings = [r.getMessage() for r in pipeline_records(caplog) if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"A {name} item has no 'html' field (LLM_EXTRACT_SOURCE_FIELD), so it passes on"
+        " unextracted (counted in llm_extract/skipped/no_source). Put the page in 'html', or"
+        " set LLM_EXTRACT_SOURCE_FIELD to the field that holds it."
+        for name in ("Product", "dict")
+    ]
+    assert crawler.stats.get_value("llm_extract/skipped/no_source") == 6
+    await pipeline.close_spider()
+
+
+@deferred_f_from_coro_f
+async def test_realtime_cost_is_counted_to_the_micro_dollar(tmp_path):
+    crawler, pipeline = await open_pipeline(tmp_path, LLM_EXTRACT_PREPARE_WORKERS=0)
+    for n in range(3):
+        html = f"<h1>Mug number {n}</h1><p>Price {n}.99 EUR</p>" + "<p>text</p>" * n
+        item = Product(url=f"http://shop.test/{n}", html=html, priority="high")
+        assert await pipeline.process_item(item) is item
+    await pipeline.close_spider()
+    cost = crawler.stats.get_value("llm_extract/realtime/cost_usd")
+    assert crawler.stats.get_value("llm_extract/realtime/succeeded") == 3
+    assert 0 < cost == round(cost, 6)

@@ -217,7 +217,12 @@ async def test_final_failures_are_outcomes_of_their_kind_with_advice(answer, kin
 async def test_the_api_key_is_redacted_from_messages_and_logs(caplog):
     api = ScriptedAPI(error(401, f"Incorrect API key provided: {FAKE_KEY}."))
     extractor, preparer, _ = make_extractor(api)
-    with caplog.at_level(logging.DEBUG):
+    # A crawl keeps these loggers to warnings (startup.quiet_chatty_loggers): open them up.
+    with (
+        caplog.at_level(logging.DEBUG),
+        caplog.at_level(logging.DEBUG, logger="openai"),
+        caplog.at_level(logging.DEBUG, logger="httpx2"),
+    ):
         outcome = await extractor.extract(prepare(preparer))
     await extractor.close()
     assert outcome.kind == API_ERROR

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 import scrapy
@@ -28,6 +31,7 @@ from scrapy_llm_extract.spool import (
 from tests.conftest import product_page
 from tests.helpers import make_config
 
+REPOSITORY = Path(__file__).resolve().parent.parent
 UNICODE_TEXT = 'Prix : 12,99 € — naïve \u2028 séparateur « citation » \\ "quoted"'
 
 
@@ -257,3 +261,100 @@ def test_other_projects_and_spiders_are_not_claimed(tmp_path):
     assert list(claim_dead_runs(config.spool_dir, spider="other")) == []
     (claimed,) = claim_dead_runs(config.spool_dir, project="p", spider="shop")
     claimed.finish(None)
+
+
+class Odd(scrapy.Item):
+    url = scrapy.Field()
+    html = scrapy.Field()
+    raw = scrapy.Field()
+    name = scrapy.Field()
+    nested = scrapy.Field()
+
+
+def test_bytes_undecodable_bytes_and_lone_surrogates_spool_and_come_back_equal(tmp_path):
+    odd = Odd(
+        url="http://shop.test/product/1",
+        html=product_page(1),
+        raw=b"\x89PNG\r\n\x1a\n\xff\xfe",  # not UTF-8
+        name="caf\udce9 " + UNICODE_TEXT,  # a Latin-1 byte read with surrogateescape
+        nested={"chunks": [b"a", "\ud800", {"deep": b"\x00"}], "text": "plain"},
+    )
+    config = make_config(**settings(tmp_path))
+    spool_items(config, [odd])
+    run = only_run(tmp_path)
+    (name,) = run.manifest.files
+    (row,) = run.iter_sidecar(name)
+    rebuilt = rebuild_item(row)
+    assert type(rebuilt) is Odd
+    expected = dict(odd)
+    del expected["html"]
+    assert dict(rebuilt) == expected
+    assert (run.path / sidecar_name(name)).read_bytes().decode("utf-8")  # valid UTF-8 on disk
+
+
+DISK_FULL_CHILD = """
+import asyncio, json, resource, signal, sys
+from pathlib import Path
+
+import tests.test_pipeline as tp
+from scrapy.exceptions import DropItem
+
+async def main(tmp):
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death, like a full disk
+    crawler, pipeline = await tp.open_pipeline(Path(tmp), LLM_EXTRACT_PREPARE_WORKERS=0)
+    outcomes = []
+
+    async def process(n):
+        item = tp.Product(url=f"http://shop.test/{n}", html=f"<h1>Mug {n}</h1><p>{n},99 EUR</p>")
+        try:
+            out = await pipeline.process_item(item)
+        except DropItem:
+            outcomes.append("spooled")
+        else:
+            outcomes.append(out.get("llm_extract_error"))
+
+    await process(1)
+    part = next(pipeline.spool.run.path.glob("requests-*.jsonl.part"))
+    largest = max(p.stat().st_size for p in pipeline.spool.run.path.glob("*-0001.jsonl*"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (largest + 40, hard))  # room for part of a row
+    await process(2)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    await process(3)
+    await pipeline.close_spider()
+    print(json.dumps({"outcomes": outcomes, "stats": crawler.stats.get_stats()}, default=str))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_a_failed_write_rolls_the_spool_back_and_passes_the_item_on_marked(tmp_path):
+    """A file-size limit stands in for a full disk: the write stops part-way through a row."""
+    result = subprocess.run(
+        [sys.executable, "-c", DISK_FULL_CHILD, str(tmp_path)],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    spooled, failed, later = report["outcomes"]
+    assert (spooled, later) == ("spooled", "spooled")
+    assert failed.startswith("spool_write_failed: ")
+    assert report["stats"]["llm_extract/batch/spool_write_failed"] == 1
+    assert "Could not spool http://shop.test/2" in result.stderr
+    run = only_run(tmp_path)
+    (name,) = run.manifest.files
+    requests = lines(run.path / name)
+    sidecar = lines(run.path / sidecar_name(name))
+    assert all(line.endswith(b"\n") for line in requests + sidecar)
+    ids = [json.loads(line)["custom_id"] for line in requests]
+    assert [json.loads(line)["custom_id"] for line in sidecar] == ids
+    assert [json.loads(line)["url"] for line in sidecar] == [
+        "http://shop.test/1",
+        "http://shop.test/3",
+    ]
+    assert run.manifest.files[name]["rows"] == 2
+    assert run.manifest.files[name]["bytes"] == sum(map(len, requests))

@@ -5,7 +5,8 @@ its default (batch unless the item is urgent, gpt-4o-mini) except the one that
 makes the example work offline: without OPENAI_API_KEY in the environment,
 requests go to the bundled emulator, whose state lives in the project's data
 dir (.scrapy/) so that ``scrapy crawl`` and ``scrapy collect-batches`` share
-it. With a key set, nothing here changes and the example calls OpenAI.
+it (the package then says, once per command, that no model answers). With a
+key set, nothing here changes and the example calls OpenAI.
 """
 
 from __future__ import annotations
@@ -25,5 +26,3 @@ ADDONS = {"scrapy_llm_extract.Addon": 100}
 if not os.environ.get("OPENAI_API_KEY"):
     # Relative to .scrapy/, like the spool (LLM_EXTRACT_SPOOL_DIR).
     LLM_EXTRACT_EMULATOR_DIR = "llm_extract_emulator"
-
-EXTENSIONS = {"shopdemo.offline.OfflineNotice": 0}

@@ -130,5 +130,6 @@ class ConfigSource:
                     self._config = EmulatorConfig.from_dict(data)
                 self._raw = raw
                 self.generation += 1
-                logger.info("Emulator config loaded from %s", self._path)
+                if raw is not None:
+                    logger.info("Emulator config loaded from %s", self._path)
             return self._config
