@@ -125,7 +125,8 @@ class RealtimeExtractor:
     """Extracts one prepared item at a time, many at once, for one crawler.
 
     ``client`` defaults to the one :func:`~.client.async_client` builds from the
-    settings; tests pass a client whose transport scripts the API's answers.
+    settings; tests pass a client whose transport scripts the API's answers, and
+    a fake ``clock`` and ``sleep`` for the retry and rate-limit waits.
     """
 
     def __init__(
@@ -133,6 +134,9 @@ class RealtimeExtractor:
         config: Config,
         stats: StatsCollector,
         client: openai.AsyncOpenAI | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         if not is_asyncio_available():
             raise UnsupportedReactor(
@@ -143,8 +147,8 @@ class RealtimeExtractor:
         self.config = config
         self.stats = stats
         self.client = client or async_client(config)
-        self.retry = RetryPolicy.from_config(config)
-        self.limiter = RateLimiter(config.rpm, config.tpm)
+        self.retry = RetryPolicy.from_config(config, clock, sleep)
+        self.limiter = RateLimiter(config.rpm, config.tpm, clock, sleep)
         endpoint = str(self.client.base_url)
         self.cache = ResponseCache(config.cache_dir, endpoint) if config.cache_enabled else None
         self._slots = asyncio.Semaphore(config.concurrent_requests)
