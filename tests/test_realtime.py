@@ -114,7 +114,10 @@ class FakeClock:
 
     def advance(self, seconds):
         """Move time on, waking the sleepers that are due."""
-        self.now += seconds
+        self.move_to(self.now + seconds)
+
+    def move_to(self, now):
+        self.now = now
         due = [woken for wake, woken in self._sleepers if wake <= self.now]
         self._sleepers = [(wake, woken) for wake, woken in self._sleepers if wake > self.now]
         for woken in due:
@@ -135,7 +138,7 @@ class FakeClock:
         while not all(task.done() for task in tasks):
             await self.until(settled)
             if self._sleepers:
-                self.advance(min(wake for wake, _ in self._sleepers) - self.now)
+                self.move_to(min(wake for wake, _ in self._sleepers))
         return [task.result() for task in tasks]
 
 
