@@ -170,13 +170,21 @@ class RealtimeExtractor:
 
     async def close(self) -> None:
         await self.client.close()
-        if self.cache is not None:
-            self.cache.close()
+        if (cache := self._working_cache()) is not None:
+            cache.close()
+
+    def _working_cache(self) -> ResponseCache | None:
+        """The response cache while it works; one that turned itself off is counted once."""
+        if self.cache is not None and not self.cache.usable:
+            self._inc("cache_disabled")
+            self.cache = None
+        return self.cache
 
     async def _extract(self, prepared: Prepared) -> Outcome:
         request = prepared.request
         schema = prepared.schema.schema
-        if self.cache is not None and (cached := self.cache.get(request.body_json)) is not None:
+        cache = self._working_cache()
+        if cache is not None and (cached := cache.get(request.body_json)) is not None:
             outcome = parse_completion(cached, schema)
             if isinstance(outcome, Extracted):
                 self._inc("cached")
@@ -186,8 +194,8 @@ class RealtimeExtractor:
             return answer
         outcome = parse_completion(answer, schema)
         self._count_usage(outcome.usage)
-        if isinstance(outcome, Extracted) and self.cache is not None:
-            self.cache.put(request.body_json, answer)
+        if isinstance(outcome, Extracted) and (cache := self._working_cache()) is not None:
+            cache.put(request.body_json, answer)
         return outcome
 
     async def _answer(self, request: ExtractionRequest) -> dict[str, Any] | Failure:

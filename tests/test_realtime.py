@@ -391,6 +391,23 @@ async def test_cache_answers_identical_requests_and_stores_only_successes(tmp_pa
     assert counted["input_tokens"] == 2000  # a cached answer costs nothing
 
 
+@deferred_f_from_coro_f
+async def test_a_broken_cache_is_counted_once_and_extraction_goes_on(tmp_path):
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    api = ScriptedAPI(GOOD)
+    extractor, preparer, stats = make_extractor(
+        api, LLM_EXTRACT_CACHE_ENABLED=True, LLM_EXTRACT_CACHE_DIR=str(tmp_path / "cache")
+    )
+    outcomes = [await extractor.extract(prepare(preparer, 1)) for _ in range(2)]
+    await extractor.close()
+    assert all(isinstance(outcome, Extracted) for outcome in outcomes)
+    assert len(api.requests) == 2
+    counted = realtime_stats(stats)
+    assert counted["cache_disabled"] == 1
+    assert counted["succeeded"] == 2
+    assert "cached" not in counted
+
+
 def test_another_reactor_fails_at_start_naming_twisted_reactor(tmp_path):
     script = """
 import sys
