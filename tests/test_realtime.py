@@ -9,7 +9,6 @@ import json
 import logging
 import subprocess
 import sys
-import time
 
 import httpx2
 import openai
@@ -166,23 +165,27 @@ class ScriptedAPI:
 
 class TimedEmulatorTransport(EmulatorTransport):
     """The emulator, logging each call ("sent", time, None) and answer ("answered", time,
-    status) by ``clock`` in ``events``, and counting the calls in flight."""
+    status) in ``clock.log`` (a FakeClock), counting the calls in flight, and holding every
+    answer until ``answering`` is set."""
 
-    def __init__(self, emulator, clock=time.monotonic, events=None):
+    def __init__(self, emulator, clock):
         super().__init__(emulator)
         self.clock = clock
-        self.events = [] if events is None else events
+        self.answering = asyncio.Event()
+        self.answering.set()
         self.in_flight = self.peak = 0
 
     async def handle_async_request(self, request):
-        self.events.append(("sent", self.clock(), None))
+        self.clock.log.append(("sent", self.clock(), None))
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
+        self.clock.changed()
         try:
+            await self.answering.wait()
             response = await super().handle_async_request(request)
         finally:
             self.in_flight -= 1
-        self.events.append(("answered", self.clock(), response.status_code))
+        self.clock.log.append(("answered", self.clock(), response.status_code))
         return response
 
 
@@ -310,10 +313,18 @@ async def test_the_api_key_is_redacted_from_messages_and_logs(caplog):
 
 @deferred_f_from_coro_f
 async def test_calls_in_flight_never_exceed_the_setting(emulator):
-    emulator.configure(latency=0.2)  # unthrottled, all 12 calls would arrive within it
-    transport = TimedEmulatorTransport(Emulator(emulator.path))
+    clock = FakeClock()
+    transport = TimedEmulatorTransport(Emulator(emulator.path), clock)
+    transport.answering.clear()  # unthrottled, all 12 calls would be in flight at once
     extractor, preparer, stats = make_extractor(transport, LLM_EXTRACT_CONCURRENT_REQUESTS=3)
-    outcomes = await asyncio.gather(*(extractor.extract(prepare(preparer, n)) for n in range(12)))
+    items = asyncio.gather(*(extractor.extract(prepare(preparer, n)) for n in range(12)))
+    await clock.until(lambda: transport.in_flight >= 3)
+    # Hand the loop to the other items for as long as a fourth call would take to arrive
+    # without the limit (one turn, measured): turns of the loop, not time.
+    for _ in range(100):
+        await asyncio.sleep(0)
+    transport.answering.set()
+    outcomes = await items
     await extractor.close()
     assert all(isinstance(outcome, Extracted) for outcome in outcomes)
     assert transport.peak == 3
@@ -351,7 +362,7 @@ async def test_a_429_pauses_calls_that_start_during_its_retry_after():
 async def test_a_429_storm_from_the_emulator_waits_what_retry_after_asks(emulator):
     emulator.configure(rate_limit_first=3, retry_after=0.3)
     clock = FakeClock()
-    transport = TimedEmulatorTransport(Emulator(emulator.path), clock, events=clock.log)
+    transport = TimedEmulatorTransport(Emulator(emulator.path), clock)
     extractor, preparer, stats = make_extractor(transport, clock, LLM_EXTRACT_MAX_RETRIES=4)
     outcomes = await clock.run(*(extractor.extract(prepare(preparer, n)) for n in range(3)))
     await extractor.close()
