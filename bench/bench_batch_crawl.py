@@ -1,17 +1,19 @@
 """Batch-mode overhead: a crawl through the spool against the same crawl without the package.
 
-Run: ``python bench/bench_batch_crawl.py [--pages 2000] [--page-kb 30] [--rounds 2]``
+Run: ``python bench/bench_batch_crawl.py [--pages 2000] [--page-kb 30] [--rounds 2]
+[--workers N ...]``
 
 A local site on 127.0.0.1 serves ``--pages`` product pages of about
-``--page-kb`` KB. Each round crawls it twice in this process: once with no
-item pipeline (the baseline) and once with LLMExtractPipeline spooling every
-item and BatchSubmitExtension submitting the files on close to the emulator,
-run as a server in its own process at its demo pace (batches take a minute,
-not the crawl's time), as OpenAI is remote. The best time of each
-is kept; the figure is their ratio (target: at most 1.15). Per-item work is
-slimming and token counting (in LLM_EXTRACT_PREPARE_WORKERS processes) and two
-appended lines; ``--profile`` prints where the batch crawl's process spends
-its time.
+``--page-kb`` KB. Each round crawls it in this process once with no item
+pipeline (the baseline), then once per ``--workers`` value (default: the
+setting's default, then 0) with LLMExtractPipeline spooling every item and
+BatchSubmitExtension submitting the files on close to the emulator, run as a
+server in its own process at its demo pace (batches take a minute, not the
+crawl's time), as OpenAI is remote. The best time of each is kept; every ratio
+is to the baseline of this run (target for the default: at most 1.15).
+Per-item work is slimming and token counting (in LLM_EXTRACT_PREPARE_WORKERS
+processes) and two appended lines; ``--profile`` prints where the batch
+crawls' process spends its time.
 """
 
 from __future__ import annotations
@@ -153,41 +155,51 @@ async def bench(args: argparse.Namespace, site: Site, data_dir: str, api_url: st
         "LLM_EXTRACT_BASE_URL": api_url,
         "LLM_EXTRACT_API_KEY": "sk-bench",
         "LLM_EXTRACT_SUBMIT_CHECK_DELAY": 0,
-        "LLM_EXTRACT_PREPARE_WORKERS": args.workers,
     }
-    await timed_crawl(batch, site.base, 50)  # warm-up: imports, tokenizer, connections
+    variants = {
+        workers: {**batch, "LLM_EXTRACT_PREPARE_WORKERS": workers} for workers in args.workers
+    }
+    for settings in variants.values():  # warm-up: imports, tokenizer, connections
+        await timed_crawl(settings, site.base, 50)
     await timed_crawl(baseline, site.base, 50)
     without: list[float] = []
-    with_batch: list[float] = []
-    crawler: Crawler | None = None
+    times: dict[int | None, list[float]] = {workers: [] for workers in variants}
+    crawlers: dict[int | None, Crawler] = {}
     profile = cProfile.Profile() if args.profile else None
     for _ in range(args.rounds):
         seconds, _crawler = await timed_crawl(baseline, site.base, args.pages)
         without.append(seconds)
-        if profile is not None:
-            profile.enable()
-        seconds, crawler = await timed_crawl(batch, site.base, args.pages)
-        if profile is not None:
-            profile.disable()
-        with_batch.append(seconds)
-    assert crawler is not None and crawler.stats is not None
-    stats = crawler.stats.get_stats()
-    rows = stats.get("llm_extract/batch/rows", 0)
-    tokens = stats.get("llm_extract/batch/prompt_tokens", 0)
-    print(
-        f"{args.pages} pages of ~{args.page_kb} KB on loopback, best of {args.rounds} rounds,"
-        f" {Config.from_settings(crawler.settings).prepare_workers} prepare worker(s)"
-    )
-    print(f"  without the package             {min(without):7.2f} s  (all: {without})")
-    print(
-        f"  batch mode (spool + submit)     {min(with_batch):7.2f} s  ({rows} rows,"
-        f" {stats.get('llm_extract/batch/files', 0)} file(s),"
-        f" {stats.get('llm_extract/batch/batches_submitted', 0)} batch(es),"
-        f" {tokens / max(rows, 1):.0f} prompt tokens/row)"
-    )
-    print(f"ratio batch / without           {min(with_batch) / min(without):.3f}  (target <= 1.15)")
+        for workers, settings in variants.items():
+            if profile is not None:
+                profile.enable()
+            seconds, crawlers[workers] = await timed_crawl(settings, site.base, args.pages)
+            if profile is not None:
+                profile.disable()
+            times[workers].append(seconds)
+    best = min(without)
+    print(f"{args.pages} pages of ~{args.page_kb} KB on loopback, best of {args.rounds} round(s)")
+    print(f"  {'without the package (baseline)':<41} {best:7.2f} s  1.000  (all: {_all(without)})")
+    for workers, crawler in crawlers.items():
+        assert crawler.stats is not None
+        stats = crawler.stats.get_stats()
+        rows = stats.get("llm_extract/batch/rows", 0)
+        count = Config.from_settings(crawler.settings).prepare_workers
+        name = f"batch mode, {count} prepare worker(s){' (default)' if workers is None else ''}"
+        print(
+            f"  {name:<41} {min(times[workers]):7.2f} s  {min(times[workers]) / best:.3f}"
+            f"  ({rows} rows, {stats.get('llm_extract/batch/files', 0)} file(s),"
+            f" {stats.get('llm_extract/batch/batches_submitted', 0)} batch(es),"
+            f" {stats.get('llm_extract/batch/prompt_tokens', 0) / max(rows, 1):.0f} prompt"
+            f" tokens/row; all: {_all(times[workers])})"
+        )
+    if None in times:
+        print(f"ratio default batch / without  {min(times[None]) / best:.3f}  (target <= 1.15)")
     if profile is not None:
         pstats.Stats(profile).sort_stats("cumulative").print_stats(25)
+
+
+def _all(seconds: list[float]) -> str:
+    return ", ".join(f"{s:.2f}" for s in seconds)
 
 
 def main() -> None:
@@ -196,7 +208,11 @@ def main() -> None:
     parser.add_argument("--page-kb", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
-        "--workers", type=int, help="LLM_EXTRACT_PREPARE_WORKERS (default: the setting's default)"
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[None, 0],
+        help="LLM_EXTRACT_PREPARE_WORKERS values to compare (default: the setting's default, 0)",
     )
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()

@@ -125,7 +125,8 @@ class RealtimeExtractor:
     """Extracts one prepared item at a time, many at once, for one crawler.
 
     ``client`` defaults to the one :func:`~.client.async_client` builds from the
-    settings; tests pass a client whose transport scripts the API's answers.
+    settings; tests pass a client whose transport scripts the API's answers, and
+    a fake ``clock`` and ``sleep`` for the retry and rate-limit waits.
     """
 
     def __init__(
@@ -133,6 +134,9 @@ class RealtimeExtractor:
         config: Config,
         stats: StatsCollector,
         client: openai.AsyncOpenAI | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         if not is_asyncio_available():
             raise UnsupportedReactor(
@@ -143,8 +147,8 @@ class RealtimeExtractor:
         self.config = config
         self.stats = stats
         self.client = client or async_client(config)
-        self.retry = RetryPolicy.from_config(config)
-        self.limiter = RateLimiter(config.rpm, config.tpm)
+        self.retry = RetryPolicy.from_config(config, clock, sleep)
+        self.limiter = RateLimiter(config.rpm, config.tpm, clock, sleep)
         endpoint = str(self.client.base_url)
         self.cache = ResponseCache(config.cache_dir, endpoint) if config.cache_enabled else None
         self._slots = asyncio.Semaphore(config.concurrent_requests)
@@ -167,13 +171,21 @@ class RealtimeExtractor:
 
     async def close(self) -> None:
         await self.client.close()
-        if self.cache is not None:
-            self.cache.close()
+        if (cache := self._working_cache()) is not None:
+            cache.close()
+
+    def _working_cache(self) -> ResponseCache | None:
+        """The response cache while it works; one that turned itself off is counted once."""
+        if self.cache is not None and not self.cache.usable:
+            self._inc("cache_disabled")
+            self.cache = None
+        return self.cache
 
     async def _extract(self, prepared: Prepared) -> Outcome:
         request = prepared.request
         schema = prepared.schema.schema
-        if self.cache is not None and (cached := self.cache.get(request.body_json)) is not None:
+        cache = self._working_cache()
+        if cache is not None and (cached := cache.get(request.body_json)) is not None:
             outcome = parse_completion(cached, schema)
             if isinstance(outcome, Extracted):
                 self._inc("cached")
@@ -183,8 +195,8 @@ class RealtimeExtractor:
             return answer
         outcome = parse_completion(answer, schema)
         self._count_usage(outcome.usage)
-        if isinstance(outcome, Extracted) and self.cache is not None:
-            self.cache.put(request.body_json, answer)
+        if isinstance(outcome, Extracted) and (cache := self._working_cache()) is not None:
+            cache.put(request.body_json, answer)
         return outcome
 
     async def _answer(

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import openai
@@ -50,6 +50,8 @@ def retry_after(exc: BaseException) -> float | None:
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """``clock`` and ``sleep`` time the waits of :meth:`call` (tests pass fake ones)."""
+
     max_retries: int
     max_time: float
     #: How long one attempt may take (the client's timeout): no retry starts that could
@@ -57,13 +59,24 @@ class RetryPolicy:
     attempt_timeout: float = 0.0
     base_delay: float = 0.5
     max_delay: float = 60.0
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    sleep: Callable[[float], Awaitable[object]] = field(
+        default=asyncio.sleep, repr=False, compare=False
+    )
 
     @classmethod
-    def from_config(cls, config: Config) -> RetryPolicy:
+    def from_config(
+        cls,
+        config: Config,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> RetryPolicy:
         return cls(
             max_retries=config.max_retries,
             max_time=config.retry_max_time,
             attempt_timeout=config.timeout,
+            clock=clock,
+            sleep=sleep,
         )
 
     def delay(self, exc: BaseException, attempt: int, elapsed: float) -> float | None:
@@ -84,13 +97,13 @@ class RetryPolicy:
         self, on_retry: Callable[[BaseException, float], None] | None = None
     ) -> Callable[[BaseException], float | None]:
         """A tracker for one call: given each failure, the wait before the next try, or None."""
-        start = time.monotonic()
+        start = self.clock()
         count = 0
 
         def wait_after(exc: BaseException) -> float | None:
             nonlocal count
             count += 1
-            wait = self.delay(exc, count, time.monotonic() - start)
+            wait = self.delay(exc, count, self.clock() - start)
             if wait is not None and on_retry is not None:
                 on_retry(exc, wait)
             return wait
@@ -110,7 +123,7 @@ class RetryPolicy:
             except Exception as exc:
                 if (wait := wait_after(exc)) is None:
                     raise
-            await asyncio.sleep(wait)
+            await self.sleep(wait)
 
     def call_sync(
         self,

@@ -69,17 +69,21 @@ def test_non_text_sources_are_invalid_input():
     assert info.value.kind == "source_type"
 
 
-def test_a_10_mb_page_is_bounded_in_time_and_memory():
+def test_a_15_mb_page_is_cut_to_the_budget_using_under_3_5_page_sizes_of_memory():
+    """Python allocations only (tracemalloc does not see libxml2's); speed is measured in
+    bench/bench_slimming.py."""
     # Distinct rows: the slimmer drops repeated lines, so a repeated row would shrink to one.
     rows = (f"<tr><td>Spare part {n}</td><td>Fits model X{n}</td></tr>" for n in range(250_000))
     page = PAGE.replace("</body>", "<table>" + "".join(rows) + "</table></body>")
-    assert len(page) > 10_000_000
+    assert len(page) > 15_000_000
+    prepare(Product(html=PAGE))  # imports and tokenizer loads are not the page's cost
     tracemalloc.start()
     prepared = prepare(Product(html=page), LLM_EXTRACT_MAX_INPUT_TOKENS=4000)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    # A ceiling only a runaway copy of the page would hit (timing is the benchmark's job).
-    assert peak < 40 * len(page)
+    # Measured 2.62 page sizes (the page as UTF-8 for the parser, and its text): one more
+    # copy of the page fails this.
+    assert peak < 3.5 * len(page)
     assert prepared.request.truncated
     assert prepared.request.prompt_tokens < 4000 + 500
     assert '"sku":"MUG-1"' in user_message(prepared)

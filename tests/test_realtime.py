@@ -9,7 +9,6 @@ import json
 import logging
 import subprocess
 import sys
-import time
 
 import httpx2
 import openai
@@ -32,6 +31,7 @@ from scrapy_llm_extract.results import (
     TIMEOUT,
     Extracted,
     Failure,
+    Usage,
 )
 from tests.conftest import product_page
 from tests.helpers import make_config
@@ -76,17 +76,85 @@ def error(status, message="failed", headers=None):
     return httpx2.Response(status, headers=headers or {}, json={"error": {"message": message}})
 
 
-class ScriptedAPI:
-    """Answers chat-completion calls in turn from a script; records what it was sent."""
+class FakeClock:
+    """Time that moves only when the test advances it: sleepers wait for that.
 
-    def __init__(self, *answers):
+    Every wait asked for is noted in ``waits`` as (time asked, seconds), and in
+    ``log`` as ("wait", time, seconds), where others may log their own events.
+    :meth:`until` waits for a condition on what the code under test did,
+    re-checked on each change.
+    """
+
+    def __init__(self):
+        self.now = 1000.0
+        self.waits = []
+        self.log = []
+        self._sleepers = []
+        self._changed = asyncio.Event()
+
+    def __call__(self):
+        return self.now
+
+    async def sleep(self, seconds):
+        self.waits.append((self.now, seconds))
+        self.log.append(("wait", self.now, seconds))
+        woken = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.now + seconds, woken))
+        self.changed()
+        await woken
+
+    def changed(self):
+        self._changed.set()
+
+    async def until(self, condition):
+        while not condition():
+            self._changed.clear()
+            await self._changed.wait()
+
+    def advance(self, seconds):
+        """Move time on, waking the sleepers that are due."""
+        self.move_to(self.now + seconds)
+
+    def move_to(self, now):
+        self.now = now
+        due = [woken for wake, woken in self._sleepers if wake <= self.now]
+        self._sleepers = [(wake, woken) for wake, woken in self._sleepers if wake > self.now]
+        for woken in due:
+            woken.set_result(None)
+        self.changed()
+
+    async def run(self, *coroutines):
+        """Run the coroutines together; whenever all unfinished ones sleep, move time to
+        the first wake-up. Their results, in order."""
+        tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+        for task in tasks:
+            task.add_done_callback(lambda _: self.changed())
+
+        def settled():
+            unfinished = sum(not task.done() for task in tasks)
+            return unfinished == 0 or len(self._sleepers) == unfinished
+
+        while not all(task.done() for task in tasks):
+            await self.until(settled)
+            if self._sleepers:
+                self.move_to(min(wake for wake, _ in self._sleepers))
+        return [task.result() for task in tasks]
+
+
+class ScriptedAPI:
+    """Answers chat-completion calls in turn from a script; records what it was sent, and
+    when by ``clock``."""
+
+    def __init__(self, *answers, clock=None):
         self.answers = list(answers)
+        self.clock = clock
         self.requests = []
         self.times = []
 
     def __call__(self, request):
         self.requests.append(request.read())
-        self.times.append(time.monotonic())
+        if self.clock is not None:
+            self.times.append(self.clock())
         answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
         if isinstance(answer, Exception):
             raise answer
@@ -96,25 +164,34 @@ class ScriptedAPI:
 
 
 class TimedEmulatorTransport(EmulatorTransport):
-    """The emulator, noting when each call reached it and how many were in flight."""
+    """The emulator, logging each call ("sent", time, None) and answer ("answered", time,
+    status) in ``clock.log`` (a FakeClock), counting the calls in flight, and holding every
+    answer until ``answering`` is set."""
 
-    def __init__(self, emulator):
+    def __init__(self, emulator, clock):
         super().__init__(emulator)
-        self.times = []
+        self.clock = clock
+        self.answering = asyncio.Event()
+        self.answering.set()
         self.in_flight = self.peak = 0
 
     async def handle_async_request(self, request):
-        self.times.append(time.monotonic())
+        self.clock.log.append(("sent", self.clock(), None))
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
+        self.clock.changed()
         try:
-            return await super().handle_async_request(request)
+            await self.answering.wait()
+            response = await super().handle_async_request(request)
         finally:
             self.in_flight -= 1
+        self.clock.log.append(("answered", self.clock(), response.status_code))
+        return response
 
 
-def make_extractor(api, **settings):
-    """An extractor whose SDK client answers from ``api`` (a handler or an httpx2 transport)."""
+def make_extractor(api, clock=None, **settings):
+    """An extractor whose SDK client answers from ``api`` (a handler or an httpx2 transport),
+    timing its waits by ``clock`` (a FakeClock) if given."""
     settings = {"LLM_EXTRACT_SCHEMA": "tests.test_realtime.Product", **settings}
     config = make_config(**settings)
     transport = api if isinstance(api, httpx2.AsyncBaseTransport) else httpx2.MockTransport(api)
@@ -126,7 +203,8 @@ def make_extractor(api, **settings):
         http_client=httpx2.AsyncClient(transport=transport),
     )
     stats = MemoryStatsCollector(get_crawler())
-    return RealtimeExtractor(config, stats, client=client), Preparer(config), stats
+    timing = {} if clock is None else {"clock": clock, "sleep": clock.sleep}
+    return RealtimeExtractor(config, stats, client=client, **timing), Preparer(config), stats
 
 
 def prepare(preparer, n=1, text=""):
@@ -150,7 +228,9 @@ async def test_success_sends_the_prepared_bytes_and_counts_tokens_and_cost():
     outcome = await extractor.extract(prepared)
     await extractor.close()
     assert outcome == Extracted(
-        {"title": "Product 1", "price": "11.25"}, outcome.usage, "gpt-4o-mini-2024-07-18"
+        {"title": "Product 1", "price": "11.25"},
+        Usage(prompt_tokens=1000, completion_tokens=20, cached_tokens=400),
+        "gpt-4o-mini-2024-07-18",
     )
     assert api.requests == [prepared.request.body_json.encode()]
     counted = realtime_stats(stats)
@@ -168,38 +248,42 @@ async def test_success_sends_the_prepared_bytes_and_counts_tokens_and_cost():
 
 @deferred_f_from_coro_f
 async def test_retries_are_counted_and_honour_retry_after_then_succeed():
+    clock = FakeClock()
     api = ScriptedAPI(
         error(429, "slow down", {"retry-after-ms": "150"}),
         error(503, "overloaded", {"retry-after-ms": "50"}),
         GOOD,
+        clock=clock,
     )
-    extractor, preparer, stats = make_extractor(api)
-    outcome = await extractor.extract(prepare(preparer))
+    extractor, preparer, stats = make_extractor(api, clock)
+    [outcome] = await clock.run(extractor.extract(prepare(preparer)))
     await extractor.close()
     assert isinstance(outcome, Extracted)
     assert realtime_stats(stats)["retried"] == 2
-    assert api.times[1] - api.times[0] >= 0.150
-    assert api.times[2] - api.times[1] >= 0.050
+    # Exactly the waits the server asked for, and no call before its wait was over.
+    assert clock.waits == [(1000.0, 0.15), (1000.15, pytest.approx(0.05))]
+    assert api.times == [1000.0, 1000.15, pytest.approx(1000.2)]
 
 
 @pytest.mark.parametrize(
-    ("answer", "kind", "advice"),
+    ("answer", "kind", "advice", "retried"),
     [
-        (error(429, "slow down", {"retry-after-ms": "1"}), RATE_LIMITED, "LLM_EXTRACT_RPM"),
-        (error(500, "boom", {"retry-after-ms": "1"}), API_ERROR, "LLM_EXTRACT_MAX_RETRIES"),
-        (error(400, "bad schema"), API_ERROR, "LLM_EXTRACT_MODEL"),
-        (httpx2.ReadTimeout("slow"), TIMEOUT, "LLM_EXTRACT_TIMEOUT"),
-        (httpx2.ConnectError("refused"), CONNECTION, "LLM_EXTRACT_BASE_URL"),
-        (httpx2.Response(200, text="<html>proxy page</html>"), API_ERROR, "not JSON"),
-        (completion(None, refusal="I can't"), REFUSAL, "refused"),
-        (completion("{not json"), INVALID_JSON, "not JSON"),
+        (error(429, "slow down", {"retry-after-ms": "1"}), RATE_LIMITED, "LLM_EXTRACT_RPM", 2),
+        (error(500, "boom", {"retry-after-ms": "1"}), API_ERROR, "LLM_EXTRACT_MAX_RETRIES", 2),
+        (error(400, "bad schema"), API_ERROR, "LLM_EXTRACT_MODEL", 0),
+        (httpx2.ReadTimeout("slow"), TIMEOUT, "LLM_EXTRACT_TIMEOUT", 2),
+        (httpx2.ConnectError("refused"), CONNECTION, "LLM_EXTRACT_BASE_URL", 2),
+        (httpx2.Response(200, text="<html>proxy page</html>"), API_ERROR, "not JSON", 0),
+        (completion(None, refusal="I can't"), REFUSAL, "refused", 0),
+        (completion("{not json"), INVALID_JSON, "not JSON", 0),
     ],
 )
 @deferred_f_from_coro_f
-async def test_final_failures_are_outcomes_of_their_kind_with_advice(answer, kind, advice):
+async def test_final_failures_are_outcomes_of_their_kind_with_advice(answer, kind, advice, retried):
     api = ScriptedAPI(answer)
-    extractor, preparer, stats = make_extractor(api, LLM_EXTRACT_MAX_RETRIES=2)
-    outcome = await extractor.extract(prepare(preparer))
+    clock = FakeClock()
+    extractor, preparer, stats = make_extractor(api, clock, LLM_EXTRACT_MAX_RETRIES=2)
+    [outcome] = await clock.run(extractor.extract(prepare(preparer)))
     await extractor.close()
     assert isinstance(outcome, Failure)
     assert outcome.kind == kind
@@ -208,9 +292,8 @@ async def test_final_failures_are_outcomes_of_their_kind_with_advice(answer, kin
     assert counted["requests"] == 1
     assert counted[f"failed/{kind}"] == 1
     assert "succeeded" not in counted
-    retryable = kind in (RATE_LIMITED, TIMEOUT, CONNECTION) or "500" in outcome.message
-    assert counted.get("retried", 0) == (2 if retryable else 0)
-    assert len(api.requests) == (3 if retryable else 1)
+    assert counted.get("retried", 0) == retried
+    assert len(api.requests) == 1 + retried
 
 
 @deferred_f_from_coro_f
@@ -235,10 +318,18 @@ async def test_the_api_key_is_redacted_from_messages_and_logs(caplog):
 
 @deferred_f_from_coro_f
 async def test_calls_in_flight_never_exceed_the_setting(emulator):
-    emulator.configure(latency=0.2)  # unthrottled, all 12 calls would arrive within it
-    transport = TimedEmulatorTransport(Emulator(emulator.path))
+    clock = FakeClock()
+    transport = TimedEmulatorTransport(Emulator(emulator.path), clock)
+    transport.answering.clear()  # unthrottled, all 12 calls would be in flight at once
     extractor, preparer, stats = make_extractor(transport, LLM_EXTRACT_CONCURRENT_REQUESTS=3)
-    outcomes = await asyncio.gather(*(extractor.extract(prepare(preparer, n)) for n in range(12)))
+    items = asyncio.gather(*(extractor.extract(prepare(preparer, n)) for n in range(12)))
+    await clock.until(lambda: transport.in_flight >= 3)
+    # Hand the loop to the other items for as long as a fourth call would take to arrive
+    # without the limit (one turn, measured): turns of the loop, not time.
+    for _ in range(100):
+        await asyncio.sleep(0)
+    transport.answering.set()
+    outcomes = await items
     await extractor.close()
     assert all(isinstance(outcome, Extracted) for outcome in outcomes)
     assert transport.peak == 3
@@ -247,38 +338,48 @@ async def test_calls_in_flight_never_exceed_the_setting(emulator):
 
 @deferred_f_from_coro_f
 async def test_a_429_pauses_calls_that_start_during_its_retry_after():
+    clock = FakeClock()
     calls = []
 
     async def api(request):
-        calls.append(time.monotonic())
+        calls.append(clock())
+        clock.changed()
         if len(calls) == 1:
             return error(429, "slow down", {"retry-after-ms": "300"})
-        if len(calls) == 2:
-            await asyncio.sleep(0.05)  # the other item's answer takes a little while
+        if len(calls) == 2:  # the other item's answer comes once the 429's retry waits
+            await clock.until(lambda: clock.waits)
         return httpx2.Response(200, json=GOOD)
 
-    extractor, preparer, _ = make_extractor(api, LLM_EXTRACT_CONCURRENT_REQUESTS=2)
-    outcomes = await asyncio.gather(*(extractor.extract(prepare(preparer, n)) for n in range(3)))
+    extractor, preparer, _ = make_extractor(api, clock, LLM_EXTRACT_CONCURRENT_REQUESTS=2)
+    items = asyncio.gather(*(extractor.extract(prepare(preparer, n)) for n in range(3)))
+    # The third item got the slot the second freed, then waited like the retry.
+    await clock.until(lambda: len(clock.waits) == 2 or len(calls) > 2)
+    assert calls == [1000.0, 1000.0]
+    assert clock.waits == [(1000.0, 0.3), (1000.0, pytest.approx(0.3))]
+    clock.advance(0.3)
+    outcomes = await items
     await extractor.close()
     assert all(isinstance(outcome, Extracted) for outcome in outcomes)
-    assert len(calls) == 4
-    # The third item got a free slot 50 ms in, but waited for the Retry-After like the retry.
-    assert min(calls[2:]) - calls[0] >= 0.3
+    assert calls == [1000.0, 1000.0, 1000.3, 1000.3]
 
 
 @deferred_f_from_coro_f
-async def test_a_429_storm_from_the_emulator_waits_at_least_what_retry_after_asks(emulator):
+async def test_a_429_storm_from_the_emulator_waits_what_retry_after_asks(emulator):
     emulator.configure(rate_limit_first=3, retry_after=0.3)
-    transport = TimedEmulatorTransport(Emulator(emulator.path))
-    extractor, preparer, stats = make_extractor(transport, LLM_EXTRACT_MAX_RETRIES=4)
-    outcomes = await asyncio.gather(*(extractor.extract(prepare(preparer, n)) for n in range(3)))
+    clock = FakeClock()
+    transport = TimedEmulatorTransport(Emulator(emulator.path), clock)
+    extractor, preparer, stats = make_extractor(transport, clock, LLM_EXTRACT_MAX_RETRIES=4)
+    outcomes = await clock.run(*(extractor.extract(prepare(preparer, n)) for n in range(3)))
     await extractor.close()
     assert all(isinstance(outcome, Extracted) for outcome in outcomes)
     assert realtime_stats(stats)["retried"] == 3
-    times = transport.times
-    assert len(times) == 6
-    # Three 429s went out at once; nothing reached the emulator again before Retry-After.
-    assert min(times[3:]) - max(times[:3]) >= 0.3
+    answers = [status for kind, _, status in clock.log if kind == "answered"]
+    assert answers == [429, 429, 429, 200, 200, 200]
+    assert clock.waits == [(1000.0, 0.3)] * 3
+    # The three calls had all passed the limiter before the first 429 came back, so
+    # they went out together; none went again before the Retry-After was over.
+    sent = [when for kind, when, _ in clock.log if kind == "sent"]
+    assert sent == [1000.0] * 3 + [1000.3] * 3
 
 
 @deferred_f_from_coro_f
@@ -304,6 +405,23 @@ async def test_cache_answers_identical_requests_and_stores_only_successes(tmp_pa
     assert counted["cached"] == 1
     assert counted["succeeded"] == 3
     assert counted["input_tokens"] == 2000  # a cached answer costs nothing
+
+
+@deferred_f_from_coro_f
+async def test_a_broken_cache_is_counted_once_and_extraction_goes_on(tmp_path):
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    api = ScriptedAPI(GOOD)
+    extractor, preparer, stats = make_extractor(
+        api, LLM_EXTRACT_CACHE_ENABLED=True, LLM_EXTRACT_CACHE_DIR=str(tmp_path / "cache")
+    )
+    outcomes = [await extractor.extract(prepare(preparer, 1)) for _ in range(2)]
+    await extractor.close()
+    assert all(isinstance(outcome, Extracted) for outcome in outcomes)
+    assert len(api.requests) == 2
+    counted = realtime_stats(stats)
+    assert counted["cache_disabled"] == 1
+    assert counted["succeeded"] == 2
+    assert "cached" not in counted
 
 
 def test_another_reactor_fails_at_start_naming_twisted_reactor(tmp_path):

@@ -7,6 +7,7 @@ wall-clock thresholds.
 
 import json
 import logging
+import threading
 
 import scrapy
 from itemadapter import ItemAdapter
@@ -15,6 +16,7 @@ from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.test import get_crawler
 
 from scrapy_llm_extract.config import Config
+from scrapy_llm_extract.emulator import EmulatorServer
 from scrapy_llm_extract.extraction import Preparer
 from tests.conftest import product_page
 
@@ -140,13 +142,36 @@ async def test_urgent_items_are_extracted_and_others_spooled_in_one_crawl(
 
 @deferred_f_from_coro_f
 async def test_a_slow_api_does_not_hold_up_the_crawl(tmp_path, local_site, emulator):
-    # Far above what 12 loopback downloads take, even on a busy CI machine.
-    emulator.configure(latency=3.0)
     pages = [(local_site.url(f"/product/{n}"), "high") for n in range(12)]
-    crawler, recorder = await crawl(crawl_settings(tmp_path, emulator), pages)
+    downloaded = threading.Event()  # the API answers nothing until every page is in
+    with EmulatorServer(emulator.path) as server:
+        answer = server.emulator.handle
+
+        def held(request):
+            if request.path.endswith("/chat/completions"):
+                downloaded.wait(120)  # a stuck crawl fails the test instead of hanging it
+            return answer(request)
+
+        server.emulator.handle = held
+        settings = crawl_settings(
+            tmp_path,
+            emulator,
+            LLM_EXTRACT_EMULATOR_DIR=None,
+            LLM_EXTRACT_BASE_URL=server.base_url,
+            LLM_EXTRACT_API_KEY=FAKE_KEY,
+        )
+        crawler = get_crawler(ProductSpider, settings)
+        recorder = Recorder(crawler)
+
+        def count_downloads(response, request, spider):
+            if sum(kind == "response" for kind, _ in recorder.events) == len(pages):
+                downloaded.set()
+
+        crawler.signals.connect(count_downloads, signals.response_received)
+        await crawler.crawl_async(pages=pages)
     assert len(recorder.items) == 12
+    # Every page was downloaded while the answers were held: nothing waited for them.
     first_item = next(i for i, (kind, _) in enumerate(recorder.events) if kind == "item")
-    # Every page was downloaded while the first answer was still on its way.
     assert sum(kind == "response" for kind, _ in recorder.events[:first_item]) == 12
     assert realtime_stats(crawler)["succeeded"] == 12
 

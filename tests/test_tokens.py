@@ -1,6 +1,9 @@
 import hashlib
 import inspect
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import tiktoken
@@ -51,11 +54,28 @@ def test_encodings_load_from_an_empty_cache_without_network(empty_tiktoken_cache
 
 
 def test_a_corrupt_cached_file_is_replaced(empty_tiktoken_cache):
-    target = (
-        empty_tiktoken_cache / hashlib.sha1(BUNDLED_RANKS["o200k_base"].url.encode()).hexdigest()
-    )
+    ranks = BUNDLED_RANKS["o200k_base"]
+    target = empty_tiktoken_cache / hashlib.sha1(ranks.url.encode()).hexdigest()
     target.write_bytes(b"garbage")
-    assert count_tokens("hello world", "gpt-4o-mini") == 2
+    tokens.get_encoding("o200k_base")
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == ranks.sha256
+
+
+def test_a_fresh_interpreter_counts_from_a_corrupt_cache_offline(tmp_path):
+    """tiktoken keeps encodings in memory: only a new process really reads the cached file."""
+    ranks = BUNDLED_RANKS["o200k_base"]
+    (tmp_path / hashlib.sha1(ranks.url.encode()).hexdigest()).write_bytes(b"garbage")
+    # A download would go through this dead proxy and fail.
+    proxy = "http://127.0.0.1:9"
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path), "HTTPS_PROXY": proxy}
+    script = "from scrapy_llm_extract.tokens import count_tokens\n" + (
+        "print(count_tokens('hello world', 'gpt-4o-mini'))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "2"
 
 
 def test_disabled_cache_is_a_clear_error(monkeypatch):

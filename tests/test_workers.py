@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 
@@ -64,15 +65,29 @@ async def test_workers_build_the_bytes_the_crawl_thread_builds():
 
 
 @deferred_f_from_coro_f
-async def test_pages_are_prepared_here_while_the_workers_start():
+async def test_pages_are_prepared_here_while_the_workers_start(tmp_path, monkeypatch):
+    # The worker's interpreter blocks at startup on a pipe this test holds.
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    (tmp_path / "sitecustomize.py").write_text(f"open({str(gate)!r}, 'rb').read()\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     preparer, workers, stats = setup(workers=1)
+    starting = workers.start()
+    # Opening the pipe's other end returns once the worker's interpreter has opened it.
+    holding = asyncio.ensure_future(asyncio.to_thread(open, gate, "wb"))
     try:
-        starting = workers.start()
-        first = await preparer.prepare_async(ItemAdapter(ITEMS[0]), workers)
-        assert not starting.done()  # answered without waiting for the interpreter to start
+        await asyncio.wait([holding, starting], return_when=asyncio.FIRST_COMPLETED)
+        assert holding.done(), "the worker came up without opening the gate"
+        # Answered without waiting for the worker (the timeout only stops a hang if it did).
+        first = await asyncio.wait_for(preparer.prepare_async(ItemAdapter(ITEMS[0]), workers), 60)
+        assert not starting.done()
+        holding.result().close()
         await starting
         second = await preparer.prepare_async(ItemAdapter(ITEMS[1]), workers)
     finally:
+        if not holding.done():  # let the blocked open() return, or the test would hang
+            os.close(os.open(gate, os.O_RDONLY | os.O_NONBLOCK))
+            (await holding).close()
         await workers.close()
     assert first.request.body_json == preparer.prepare(ItemAdapter(ITEMS[0])).request.body_json
     assert second.request.body_json == preparer.prepare(ItemAdapter(ITEMS[1])).request.body_json
