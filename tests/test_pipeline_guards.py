@@ -46,7 +46,7 @@ class PageSpider(scrapy.Spider):
 
 
 @deferred_f_from_coro_f
-async def test_a_schema_error_closes_the_crawl_once_and_passes_items_on(
+async def test_a_schema_error_closes_the_crawl_once_and_exports_no_raw_page(
     tmp_path, local_site, emulator, caplog
 ):
     settings = crawl_settings(tmp_path, emulator, LLM_EXTRACT_SCHEMA=None)
@@ -67,10 +67,10 @@ async def test_a_schema_error_closes_the_crawl_once_and_passes_items_on(
     errors = [r for r in caplog.records if r.name == "scrapy_llm_extract.pipeline"]
     assert len(errors) == 1
     assert stats["finish_reason"] == "llm_extract_schema_error"
-    # Every item that reached the pipeline was counted and passed on unextracted.
-    assert 1 <= stats["llm_extract/invalid_input/no_schema"] == len(recorder.items)
-    assert all(set(item) == {"url", "html"} for item in recorder.items.values())
-    assert "item_dropped_count" not in stats
+    # Every item that reached the pipeline was counted and held back: exporting it would
+    # export the raw page, unextracted.
+    assert 1 <= stats["llm_extract/invalid_input/no_schema"] == stats["item_dropped_count"]
+    assert recorder.items == {}
     assert emulator.requests() == []
     assert spooled_urls(tmp_path) == []
 
