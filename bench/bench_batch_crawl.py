@@ -50,6 +50,7 @@ WORDS = (
 class Product(scrapy.Item):
     url = scrapy.Field()
     html = scrapy.Field()
+    llm_extract_error = scrapy.Field()
     title = scrapy.Field()
     price = scrapy.Field()
     currency = scrapy.Field()
