@@ -69,7 +69,7 @@ def finish(process: subprocess.Popen) -> tuple[int, str, str]:
     return process.returncode, out, err
 
 
-def test_killed_mid_collection_then_rerun_emits_the_rest_exactly_once(tmp_path, emulator):
+def test_killed_mid_collection_then_rerun_delivers_every_row_once_to_the_feed(tmp_path, emulator):
     project, settings = make_project(tmp_path, emulator)
     run = spool(settings, [product(n) for n in range(30)])
     record = str(tmp_path / "record.jsonl")
@@ -82,15 +82,19 @@ def test_killed_mid_collection_then_rerun_emits_the_rest_exactly_once(tmp_path, 
 
     code, _, err = finish(scrapy(project, "collect-batches", "-O", "second.jsonl", RECORD=record))
     assert code == 0, err
-    seen = feed(Path(record))
-    urls = [row["url"] for row in seen]
-    assert sorted(urls) == sorted(f"http://shop.test/product/{n}" for n in range(30))
-    assert {row["class"] for row in seen} == {"Product"}
+    # The killed pass never stored its feed: its 10 rows are delivered again, nothing else.
+    seen = [row["url"] for row in feed(Path(record))]
+    expected = sorted(f"http://shop.test/product/{n}" for n in range(30))
+    assert sorted(seen[10:]) == expected
     second = feed(project / "second.jsonl")
-    assert sorted(item["url"] for item in second) == sorted(urls[10:])
+    assert sorted(item["url"] for item in second) == expected
     assert all(item["title"] for item in second)
-    assert "llm_extract/collect/rows/emitted" in err
+    assert "'llm_extract/collect/rows/delivered': 30" in err
     assert json.loads((run.path / "manifest.json").read_text())["collected_at"]
+
+    code, _, err = finish(scrapy(project, "collect-batches", "-O", "third.jsonl", RECORD=record))
+    assert code == 0, err
+    assert len(feed(Path(record))) == 40  # collected: nothing more
 
 
 def test_two_collector_processes_share_the_runs(tmp_path, emulator):
