@@ -254,14 +254,16 @@ class Collector:
             for flight in self._in_flight.values():  # each was answered, under another object
                 flight.ledger.emitted(flight.record["custom_id"])
             self._in_flight.clear()
-        unanswered = len(self._in_flight)
-        if self._feeds_failed or unanswered:
+        # Items never answered stay pending; if some answers could not be told apart,
+        # no emitted row can be trusted to be among the answered ones.
+        unsure = self._anonymous and self._in_flight
+        if self._feeds_failed or unsure:
             for _, ledger in self._runs.values():
                 ledger.reset_pass()
             why = (
                 "a feed could not be stored (see the error above)"
                 if self._feeds_failed
-                else f"{unanswered} item(s) never came back from the pipelines"
+                else f"{len(self._in_flight)} item(s) never came back from the pipelines"
             )
             logger.error(
                 "Nothing of this pass counts as delivered: %s. Its rows stay pending; run"
@@ -275,6 +277,8 @@ class Collector:
         delivered = 0
         for run, ledger in self._runs.values():
             delivered += ledger.checkpoint()
+            if self._in_flight:
+                continue  # an unanswered row may be in any joined file: join them again
             joined = [name for name in run.manifest.files if (run.run_id, name) in self._joined]
             for name in joined:
                 run.manifest.files[name]["status"] = COLLECTED

@@ -69,22 +69,37 @@ def replay_spider(options: CollectOptions, name: str = "collect_batches") -> typ
                 max_in_flight=self.crawler.settings.getint("CONCURRENT_ITEMS", 100),
             )
             async for item in self.collector.items():
-                if _closing(self.crawler):
-                    return
                 yield item
                 await self.collector.room()
+                if _closing(self.crawler):  # before the next item is taken
+                    self._let_scraper_close()
+                    return
 
         def item_scraped(self, item: Any) -> None:
-            if self.collector is not None:
-                self.collector.item_done(item, EMITTED)
+            self._item_done(item, EMITTED)
 
         def item_dropped(self, item: Any, exception: BaseException) -> None:
-            if self.collector is not None:
-                self.collector.item_done(item, DROPPED, str(exception))
+            self._item_done(item, DROPPED, str(exception))
 
         def item_error(self, item: Any, failure: Failure) -> None:
+            self._item_done(item, ITEM_ERROR, failure.getErrorMessage())
+
+        def _item_done(self, item: Any, state: str, reason: str = "") -> None:
             if self.collector is not None:
-                self.collector.item_done(item, ITEM_ERROR, failure.getErrorMessage())
+                self.collector.item_done(item, state, reason)
+
+        def _let_scraper_close(self) -> None:
+            """Work around Scrapy 2.19: an item from start() that finishes while the spider
+            closes never tells the scraper, whose close then waits for ever (this is how
+            CLOSESPIDER_ITEMCOUNT hung collect-batches). Ask it again once the item is out."""
+            scraper = getattr(self.crawler.engine, "scraper", None)
+            slot = getattr(scraper, "slot", None)
+            if slot is None or (slot.closing is not None and slot.closing.called):
+                return
+            if slot.closing is not None and slot.is_idle():
+                scraper._check_if_closing()  # type: ignore[union-attr]
+            else:
+                asyncio.get_running_loop().call_later(0.01, self._let_scraper_close)
 
         def feeds_closed(self) -> None:
             stats = self.crawler.stats
