@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
 
+#: Seconds between two looks at whether the scraper can close (see _let_scraper_close).
+CLOSE_CHECK = 0.1
+
+
 def _closing(crawler: Crawler) -> bool:
     """Whether the engine is stopping or closing the spider (Scrapy has no signal for it)."""
     engine = crawler.engine
@@ -68,11 +72,11 @@ def replay_spider(options: CollectOptions, name: str = "collect_batches") -> typ
                 self.crawler.stats,
                 max_in_flight=self.crawler.settings.getint("CONCURRENT_ITEMS", 100),
             )
+            self._let_scraper_close()
             async for item in self.collector.items():
                 yield item
                 await self.collector.room()
                 if _closing(self.crawler):  # before the next item is taken
-                    self._let_scraper_close()
                     return
 
         def item_scraped(self, item: Any) -> None:
@@ -91,15 +95,16 @@ def replay_spider(options: CollectOptions, name: str = "collect_batches") -> typ
         def _let_scraper_close(self) -> None:
             """Work around Scrapy 2.19: an item from start() that finishes while the spider
             closes never tells the scraper, whose close then waits for ever (this is how
-            CLOSESPIDER_ITEMCOUNT hung collect-batches). Ask it again once the item is out."""
+            CLOSESPIDER_ITEMCOUNT and Ctrl-C hung collect-batches). Scrapy has no signal
+            for "closing", so look every CLOSE_CHECK seconds until the scraper has closed."""
             scraper = getattr(self.crawler.engine, "scraper", None)
             slot = getattr(scraper, "slot", None)
             if slot is None or (slot.closing is not None and slot.closing.called):
                 return
             if slot.closing is not None and slot.is_idle():
                 scraper._check_if_closing()  # type: ignore[union-attr]
-            else:
-                asyncio.get_running_loop().call_later(0.01, self._let_scraper_close)
+                return
+            asyncio.get_running_loop().call_later(CLOSE_CHECK, self._let_scraper_close)
 
         def feeds_closed(self) -> None:
             stats = self.crawler.stats
