@@ -475,3 +475,21 @@ async def test_runs_of_other_projects_are_left_alone_unless_asked(tmp_path, emul
     await collect(conf, all_projects=True)
     assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls([0, 1, 10, 11])
     assert Run.open(ours.path).manifest.data["collected_at"]
+
+
+@deferred_f_from_coro_f
+async def test_a_half_written_spool_line_stops_only_its_run(tmp_path, emulator, caplog):
+    conf = settings(tmp_path, emulator)
+    broken = spool(conf, [product(n) for n in range(3)])
+    fine = spool(conf, [product(n) for n in range(10, 12)])
+    sidecar = broken.path / "items-0001.jsonl"
+    lines = sidecar.read_bytes().split(b"\n")
+    lines[1] = lines[1][:20]  # a write cut short mid-file (disk full), later rows appended
+    sidecar.write_bytes(b"\n".join(lines))
+    with caplog.at_level(logging.INFO, logger="scrapy_llm_extract"):
+        crawler = await collect(conf)
+    assert crawler.spider.collector.exit_code == 1
+    assert f"Stuck: run {broken.run_id} file requests-0001.jsonl" in caplog.text
+    assert Run.open(fine.path).manifest.data["collected_at"]
+    assert not Run.open(broken.path).manifest.data.get("collected_at")
+    assert ledger(crawler)["pending"] >= 1

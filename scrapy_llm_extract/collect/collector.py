@@ -362,7 +362,11 @@ class Collector:
             if not run.manifest.closed or not self._wanted(run):
                 run.unlock()  # sealed and closed by claim_dead_runs, or collected meanwhile
                 continue
-            claimed = self._open(run)
+            try:
+                claimed = self._open(run)
+            except FAULTS as exc:
+                self._stick(run, "", exc)
+                claimed = None
             if claimed is None:
                 run.unlock()
                 continue
@@ -446,9 +450,13 @@ class Collector:
                 continue
             self.stuck.pop((run.run_id, name), None)
         for name in run.manifest.with_status(PENDING):
-            if (run.run_id, name) not in self._joined and self.polling.refused_too_often(run, name):
+            if (run.run_id, name) in self._joined or not self.polling.refused_too_often(run, name):
+                continue
+            try:
                 async for item in self._join(run, ledger, name, None):
                     yield item
+            except FAULTS as exc:
+                self._stick(run, name, exc)
         if self._resubmissions:  # files refused for the quota wait for the next pass
             await self.polling.submit_pending(runs, run, self._resubmissions)
             self._resubmissions.clear()
