@@ -190,6 +190,9 @@ class Collector:
         self._feeds_failed = False
         self._resubmissions: set[str] = set()
         self._warned_row_id = False
+        self._emitted_count = 0  # per-row counters go to the stats per file, not per row
+        self._published = {"rows/extracted": 0, "rows/emitted": 0}
+        self._model_info: dict[str, Any] = {}
 
     # Delivery: Scrapy's side ----------------------------------------------------------------
 
@@ -212,14 +215,14 @@ class Collector:
             flight = self._in_flight.pop(found, None) if found is not None else None
         if flight is None:
             self._anonymous += 1
-            self._inc("rows/emitted")
+            self._emitted_count += 1
             self._update_room()
             return
         custom_id = flight.record["custom_id"]
         self._by_key.pop(custom_id, None)
         if state == EMITTED:
             flight.ledger.emitted(custom_id)
-            self._inc("rows/emitted")
+            self._emitted_count += 1
         elif state == DROPPED:
             flight.ledger.mark(custom_id, DROPPED)
             self._inc("rows/dropped")
@@ -304,6 +307,7 @@ class Collector:
             ledger.close()
             run.unlock()
         self._runs.clear()
+        self._publish_counts()
         self._publish_totals()
         if self._realtime is not None:
             await self._realtime.close()
@@ -568,7 +572,6 @@ class Collector:
         self._by_key[record["custom_id"]] = id(item)
         self._update_room()
         self.summaries[run.run_id].extracted += 1
-        self._inc("rows/extracted")
         self._merged += 1
         self.progress.show(self._progress_text)
         return item
@@ -709,7 +712,10 @@ class Collector:
     def _count_usage(self, summary: RunSummary, record: dict[str, Any], usage: Usage) -> None:
         if not (usage.prompt_tokens or usage.completion_tokens):
             return
-        info = model_info(str(record.get("model") or self.config.model), self.config.prices)
+        model = str(record.get("model") or self.config.model)
+        info = self._model_info.get(model)
+        if info is None:
+            info = self._model_info[model] = model_info(model, self.config.prices)
         batch_cost = cost_usd(info, usage.prompt_tokens, usage.completion_tokens, batch=True)
         realtime_cost = cost_usd(
             info, usage.prompt_tokens, usage.completion_tokens, cached_tokens=usage.cached_tokens
@@ -719,8 +725,20 @@ class Collector:
         summary.cost_usd += batch_cost
         summary.realtime_cost_usd += realtime_cost
 
+    def _publish_counts(self) -> None:
+        """The per-row counters into the stats (per file and at the end: rows are the hot
+        loop, and a stats call per row cost more than the ledger)."""
+        for name, value in (
+            ("rows/extracted", self._merged),
+            ("rows/emitted", self._emitted_count),
+        ):
+            if value > self._published[name]:
+                self._inc(name, value - self._published[name])
+                self._published[name] = value
+
     def _publish_usage(self) -> None:
         """Tokens and costs into the stats (per file, not per row: rows are the hot loop)."""
+        self._publish_counts()
         totals = self.summaries.values()
         for key, value in (
             ("tokens/input", sum(s.input_tokens for s in totals)),
