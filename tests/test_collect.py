@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import pytest
 from scrapy.settings import Settings
 from scrapy.utils.defer import deferred_f_from_coro_f
 
@@ -367,18 +368,24 @@ async def test_closespider_itemcount_stops_the_replay_and_the_rest_stays_pending
     assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls(range(40))
 
 
+@pytest.mark.parametrize("fault", ["torn", "missing"])
 @deferred_f_from_coro_f
-async def test_a_torn_result_line_is_resubmitted_and_never_stops_collection(tmp_path, emulator):
+async def test_a_torn_or_missing_result_row_is_resubmitted_and_never_stops_collection(
+    tmp_path, emulator, fault
+):
     conf = settings(tmp_path, emulator)
     torn_run = spool(conf, [product(n) for n in range(6)])
     output = await submitted_output(conf, torn_run)
     lines = output.read_bytes().split(b"\n")
-    lines[2] = lines[2][: len(lines[2]) // 2]  # torn mid-file
+    if fault == "torn":
+        lines[2] = lines[2][: len(lines[2]) // 2]  # torn mid-file
+    else:
+        del lines[2]
     output.write_bytes(b"\n".join(lines))
     other_run = spool(conf, [product(n) for n in range(10, 13)])
 
     first = await collect(conf)
-    assert stat(first, "results/unreadable") == 1
+    assert stat(first, "results/unreadable") == (1 if fault == "torn" else None)
     assert stat(first, "rows/retried") == 1
     assert Run.open(other_run.path).manifest.data["collected_at"]
     assert failures(torn_run) == []
