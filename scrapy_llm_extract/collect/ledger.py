@@ -26,6 +26,7 @@ at close costs one statement and, after a crash, re-delivers only that pass.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -43,6 +44,8 @@ RETRIED = "retried"
 FAILED_STATES = (FAILED, ITEM_ERROR)
 #: Rows looked up (and emitted states written) per statement.
 CHUNK = 512
+#: A plain custom_id (no escapes) in a result line; others go through json.loads.
+_CUSTOM_ID = re.compile(rb'"custom_id":\s*"([^"\\]*)"')
 
 
 class Ledger:
@@ -54,9 +57,11 @@ class Ledger:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(
             """
+            -- A rowid table: WITHOUT ROWID keeps ~1 KB rows inside the B-tree and made
+            -- storing results three times slower.
             CREATE TABLE IF NOT EXISTS results (
                 file TEXT, custom_id TEXT, row BLOB, PRIMARY KEY (file, custom_id)
-            ) WITHOUT ROWID;
+            );
             CREATE TABLE IF NOT EXISTS ingested (file TEXT PRIMARY KEY, batch TEXT);
             CREATE TABLE IF NOT EXISTS rows (
                 custom_id TEXT PRIMARY KEY, state TEXT
@@ -76,17 +81,23 @@ class Ledger:
     def add_results(self, file: str, lines: Iterable[bytes]) -> tuple[int, int]:
         """Store result lines of ``file``'s batch (upserted: a repeated download is harmless).
 
-        Returns (stored, unreadable): a torn or unparseable line is skipped, so its row
-        looks missing and is resubmitted like any row the batch did not return.
+        Returns (stored, unreadable): a line without a readable ``custom_id`` is skipped,
+        so its row looks missing and is resubmitted like any row the batch did not return.
+        The id is found without parsing the whole line (the join parses it, and treats a
+        torn line like a missing row).
         """
         rows = []
         unreadable = 0
         for line in lines:
-            try:
-                custom_id = json.loads(line)["custom_id"]
-            except (ValueError, KeyError, TypeError):
-                unreadable += 1
-                continue
+            found = _CUSTOM_ID.search(line)
+            if found is not None:
+                custom_id: Any = found.group(1).decode()
+            else:
+                try:
+                    custom_id = json.loads(line)["custom_id"]
+                except (ValueError, KeyError, TypeError):
+                    unreadable += 1
+                    continue
             rows.append((file, str(custom_id), line))
         self.db.execute("BEGIN")
         self.db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?)", rows)
