@@ -101,7 +101,6 @@ class RunSummary:
 
     spooled: int = 0
     extracted: int = 0
-    failed: int = 0
     retried: int = 0
     realtime: int = 0
     input_tokens: int = 0
@@ -604,7 +603,6 @@ class Collector:
         with open(run.path / FAILURES_NAME, "a", encoding="utf-8") as f:
             f.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
         ledger.mark(record["custom_id"], state)
-        self.summaries[run.run_id].failed += 1
         self._failed_now += 1
         self._inc("rows/failed")
         self._inc(f"rows/failed/{failure.kind}")
