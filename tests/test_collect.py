@@ -494,9 +494,11 @@ async def test_a_half_written_spool_line_stops_only_its_run(tmp_path, emulator, 
     lines[1] = lines[1][:20]  # a write cut short mid-file (disk full), later rows appended
     sidecar.write_bytes(b"\n".join(lines))
     with caplog.at_level(logging.INFO, logger="scrapy_llm_extract"):
-        crawler = await collect(conf)
+        crawler = await collect(conf, wait=True, poll_interval=0.01)
     assert crawler.spider.collector.exit_code == 1
     assert f"Stuck: run {broken.run_id} file requests-0001.jsonl" in caplog.text
+    assert stat(crawler, "stuck") == 3  # --wait tried it at three polls, then gave up
+    assert "Giving up on file requests-0001.jsonl" in caplog.text
     assert Run.open(fine.path).manifest.data["collected_at"]
     assert not Run.open(broken.path).manifest.data.get("collected_at")
     assert ledger(crawler)["pending"] >= 1

@@ -25,6 +25,7 @@ import logging
 import sqlite3
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -78,6 +79,8 @@ NEVER_RAN = (BATCH_EXPIRED, MISSING)
 PIPELINE_ERROR = "pipeline_error"
 REALTIME_CHUNK = 256
 PROGRESS_INTERVAL = 0.5
+#: Polls in a row a file or run may stay stuck before ``--wait`` stops waiting for it.
+STUCK_POLLS = 3
 #: Errors confined to the file or run they happen in (API, disk, unreadable data).
 FAULTS = (openai.OpenAIError, OSError, ValueError, KeyError, sqlite3.Error)
 
@@ -174,6 +177,7 @@ class Collector:
         self.summaries: dict[str, RunSummary] = {}
         #: (run id, file or "") -> why it is stuck; cleared when a later poll gets through.
         self.stuck: dict[tuple[str, str], str] = {}
+        self._stuck_polls: Counter[tuple[str, str]] = Counter()
         self.progress = Progress()
         self.max_in_flight = max_in_flight
         self._runs: dict[str, tuple[Run, Ledger]] = {}
@@ -260,8 +264,9 @@ class Collector:
         # no emitted row can be trusted to be among the answered ones.
         unsure = self._anonymous and self._in_flight
         if self._feeds_failed or unsure:
-            for _, ledger in self._runs.values():
+            for run, ledger in self._runs.values():
                 ledger.reset_pass()
+                self.summaries[run.run_id].done = False
             why = (
                 "a feed could not be stored (see the error above)"
                 if self._feeds_failed
@@ -342,8 +347,8 @@ class Collector:
                         yield item
                 except FAULTS as exc:
                     self._stick(run, "", exc)
-                summary = self.summaries[run.run_id]
-                busy = busy or not summary.done
+                done = self.summaries[run.run_id].done or self._gave_up(run.run_id, "")
+                busy = busy or not done
             if not (self.options.wait and busy):
                 return
             self._show_status()
@@ -438,7 +443,7 @@ class Collector:
         runs = [pair[0] for pair in self._runs.values()]
         await self.polling.submitter.reconcile(run)
         await self.polling.submit_pending(runs, run)
-        self.stuck.pop((run.run_id, ""), None)
+        self._unstick(run.run_id, "")
         for name in run.manifest.with_status(SUBMITTED):
             if (run.run_id, name) in self._joined:
                 continue
@@ -451,7 +456,7 @@ class Collector:
             except FAULTS as exc:
                 self._stick(run, name, exc)
                 continue
-            self.stuck.pop((run.run_id, name), None)
+            self._unstick(run.run_id, name)
         for name in run.manifest.with_status(PENDING):
             if (run.run_id, name) in self._joined or not self.polling.refused_too_often(run, name):
                 continue
@@ -464,7 +469,9 @@ class Collector:
             await self.polling.submit_pending(runs, run, self._resubmissions)
             self._resubmissions.clear()
         self.summaries[run.run_id].done = all(
-            entry["status"] == COLLECTED or (run.run_id, name) in self._joined
+            entry["status"] == COLLECTED
+            or (run.run_id, name) in self._joined
+            or self._gave_up(run.run_id, name)
             for name, entry in run.manifest.files.items()
         )
 
@@ -494,7 +501,23 @@ class Collector:
             " and is tried again at the next poll" if self.options.wait else "",
         )
         self.stuck[(run_id, name)] = reason
+        self._stuck_polls[(run_id, name)] += 1
         self._inc("stuck")
+        if self.options.wait and self._gave_up(run_id, name):
+            logger.error(
+                "Giving up on %s for this invocation after %d polls; run collect-batches"
+                " again once the cause is fixed.",
+                what,
+                STUCK_POLLS,
+            )
+
+    def _unstick(self, run_id: str, name: str) -> None:
+        self.stuck.pop((run_id, name), None)
+        self._stuck_polls.pop((run_id, name), None)
+
+    def _gave_up(self, run_id: str, name: str) -> bool:
+        """Stuck at STUCK_POLLS polls in a row: --wait stops waiting for it (it stays pending)."""
+        return self._stuck_polls[(run_id, name)] >= STUCK_POLLS
 
     # One file -----------------------------------------------------------------------------
 
