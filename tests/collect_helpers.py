@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
 import scrapy
 from itemadapter import ItemAdapter
-from scrapy.extensions.feedexport import FileFeedStorage
 from scrapy.utils.test import get_crawler
 
 from scrapy_llm_extract.client import async_client, sync_client
@@ -74,10 +74,17 @@ class AsDict:
         return ItemAdapter(item).asdict()
 
 
-class FailingStorage(FileFeedStorage):
+class FailingStorage:
     """A feed target whose storage fails, like an unreachable FTP or S3 URI."""
 
+    def __init__(self, uri: str, *, feed_options: dict[str, Any] | None = None) -> None:
+        self.uri = uri
+
+    def open(self, spider: Any) -> Any:
+        return tempfile.TemporaryFile()
+
     def store(self, file: Any) -> None:
+        file.close()
         raise OSError("feed target unreachable")
 
 
