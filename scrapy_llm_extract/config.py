@@ -153,6 +153,16 @@ SETTINGS: dict[str, Setting] = {
     "LLM_EXTRACT_MAX_ATTEMPTS": Setting(
         3, "Batch submissions of one row before it is reported in failures.jsonl."
     ),
+    "LLM_EXTRACT_MAX_RESUBMISSIONS": Setting(
+        5,
+        "Resubmissions of a row that never ran (batch expired, row missing or unreadable)"
+        " before it is reported in failures.jsonl.",
+    ),
+    "LLM_EXTRACT_ROW_ID_FIELD": Setting(
+        "llm_extract_row_id",
+        "Item field that receives the row's stable id on collection, for downstream"
+        " deduplication of a pass delivered again (None: not set).",
+    ),
     "LLM_EXTRACT_KEEP_REMOTE_FILES": Setting(
         False, "Keep OpenAI input/output files of collected runs instead of deleting them."
     ),
@@ -312,6 +322,8 @@ class Config:
     submit_check_delay: float | None
     pass_pending: bool
     max_attempts: int
+    max_resubmissions: int
+    row_id_field: str | None
     keep_remote_files: bool
     api_key: str | None = field(repr=False)
     base_url: str | None
@@ -379,6 +391,8 @@ class Config:
             ),
             pass_pending=get_bool("LLM_EXTRACT_PASS_PENDING"),
             max_attempts=_number(settings, "LLM_EXTRACT_MAX_ATTEMPTS"),
+            max_resubmissions=_number(settings, "LLM_EXTRACT_MAX_RESUBMISSIONS", zero=True),
+            row_id_field=get("LLM_EXTRACT_ROW_ID_FIELD") or None,
             keep_remote_files=get_bool("LLM_EXTRACT_KEEP_REMOTE_FILES"),
             api_key=_text(settings, "LLM_EXTRACT_API_KEY", optional=True),
             base_url=_text(settings, "LLM_EXTRACT_BASE_URL", optional=True),

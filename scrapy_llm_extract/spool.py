@@ -133,6 +133,14 @@ def encode_sidecar(sidecar: dict[str, Any]) -> bytes:
         return (_ascii_sidecar_encoder.encode(sidecar) + "\n").encode()
 
 
+def _lines_with_bytes(path: Path) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    """Whole JSON lines of ``path`` with their bytes (for counting a file being recovered)."""
+    with open(path, "rb") as f:
+        for line in f:
+            if line.endswith(b"\n") and line.strip():
+                yield line, json.loads(line)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     """Append ``data``; a regular file takes it in one write unless the disk is full."""
     view = memoryview(data)
@@ -347,7 +355,12 @@ class Run:
         return SpoolFile(self, name, entry)
 
     def seal_leftovers(self) -> list[str]:
-        """Complete the ``.part`` files a dead writer left; return their names (lock held)."""
+        """Complete what a dead writer left; return the names of the files (lock held).
+
+        ``.part`` files are cut to their last whole line and renamed; a complete file
+        the manifest still calls open, or does not list at all (killed between the
+        rename and the manifest save), becomes pending. Either way it gets submitted.
+        """
         sealed = []
         for part in sorted(self.path.glob("requests-*.jsonl" + PART_SUFFIX)):
             name = part.name.removesuffix(PART_SUFFIX)
@@ -355,33 +368,44 @@ class Run:
             sidecar = self.path / sidecar_name(name)
             if sidecar.exists():
                 _truncate_partial_line(sidecar)
-            tokens = {row["custom_id"]: row.get("prompt_tokens", 0) for row in read_lines(sidecar)}
-            rows = size = prompt_tokens = 0
-            model = None
-            with open(part, "rb") as f:
-                for line in f:
-                    row = json.loads(line)
-                    rows += 1
-                    size += len(line)
-                    prompt_tokens += tokens.get(row["custom_id"], 0)
-                    model = model or row["body"].get("model")
-            entry = self.manifest.files.get(name) or self.manifest.add_file(name, str(model))
-            entry.update(rows=rows, bytes=size, prompt_tokens=prompt_tokens)
-            if rows:
+            if self._list_file(part, name, "sealed after the crawl died"):
                 os.replace(part, self.path / name)
-                entry["status"] = PENDING
-                entry["reason"] = "sealed after the crawl died"
             else:
                 part.unlink()
                 sidecar.unlink(missing_ok=True)
-                del self.manifest.files[name]
             sealed.append(name)
+        for path in sorted(self.path.glob("requests-*.jsonl")):
+            entry = self.manifest.files.get(path.name)
+            if entry is None or entry["status"] == OPEN:
+                self._list_file(path, path.name, "sealed, then the writer died before saying so")
+                sealed.append(path.name)
         for name, entry in list(self.manifest.files.items()):
             if entry["status"] == OPEN and not (self.path / name).exists():
                 del self.manifest.files[name]  # opened, then killed before its first row
         fsync_dir(self.path)
         self.manifest.save()
         return [name for name in sealed if name in self.manifest.files]
+
+    def _list_file(self, path: Path, name: str, reason: str) -> bool:
+        """Record the requests file at ``path`` as pending with its counts; False if empty."""
+        sidecar = {row["custom_id"]: row for row in read_lines(self.path / sidecar_name(name))}
+        rows = size = prompt_tokens = 0
+        model = None
+        attempt = 1
+        for line_bytes, row in _lines_with_bytes(path):
+            rows += 1
+            size += len(line_bytes)
+            record = sidecar.get(row["custom_id"]) or {}
+            prompt_tokens += int(record.get("prompt_tokens") or 0)
+            attempt = max(attempt, int(record.get("attempt") or 1))
+            model = model or row["body"].get("model")
+        if not rows:
+            self.manifest.files.pop(name, None)
+            return False
+        entry = self.manifest.files.get(name) or self.manifest.add_file(name, str(model), attempt)
+        entry.update(rows=rows, bytes=size, prompt_tokens=prompt_tokens, status=PENDING)
+        entry["reason"] = reason
+        return True
 
     def finish(self, reason: str | None) -> None:
         """Mark the run closed and release its lock: it now belongs to collect-batches."""

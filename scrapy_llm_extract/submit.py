@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import openai
 
+from .client import redact
 from .manifest import PENDING, SUBMITTED, SUBMITTING, utc_now
 from .retry import RetryPolicy
 from .spool import ENDPOINT, Run
@@ -61,8 +62,9 @@ def batch_metadata(run: Run, name: str, token: str) -> dict[str, str]:
     return {key: str(value)[:MAX_METADATA_VALUE] for key, value in values.items()}
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+def describe(exc: BaseException, key: str | None) -> str:
+    """An exception as one line for logs and the manifest, without the API key."""
+    return redact(f"{type(exc).__name__}: {exc}", key)
 
 
 def failure_reason(batch: Any) -> str:
@@ -82,7 +84,8 @@ class Submitter:
 
     def _on_retry(self, what: str, name: str) -> Any:
         def log(exc: BaseException, wait: float) -> None:
-            logger.info("%s of %s failed (%s); retrying in %.1fs", what, name, exc, wait)
+            reason = describe(exc, self.client.api_key)
+            logger.info("%s of %s failed (%s); retrying in %.1fs", what, name, reason, wait)
 
         return log
 
@@ -92,7 +95,11 @@ class Submitter:
         if entry["status"] != PENDING:
             return False
         token = secrets.token_hex(8)
-        entry.update(status=SUBMITTING, submit_token=token, submitting_at=utc_now())
+        # Where the batch lives: collecting it against another endpoint can only fail.
+        api_base = str(self.client.base_url).rstrip("/")
+        entry.update(
+            status=SUBMITTING, submit_token=token, submitting_at=utc_now(), api_base=api_base
+        )
         run.manifest.save()
         path = run.path / name
         try:
@@ -114,7 +121,9 @@ class Submitter:
             )
         except (openai.OpenAIError, OSError) as exc:
             step = "batch creation" if entry.get("file_id") else "upload"
-            entry.update(status=PENDING, reason=f"{step} failed: {_describe(exc)}")
+            entry.update(
+                status=PENDING, reason=f"{step} failed: {describe(exc, self.client.api_key)}"
+            )
             run.manifest.save()
             logger.warning(
                 "Could not submit %s of %s (%s); it stays pending for collect-batches.",
@@ -129,7 +138,7 @@ class Submitter:
             "Submitted %s of %s as batch %s (%d rows)", name, run.run_id, batch.id, entry["rows"]
         )
         if batch.status == "failed":
-            self._failed(run, name, batch)
+            self._failed(run, name, batch, self.client.api_key)
             return False
         if self.check_delay is not None:
             await asyncio.sleep(self.check_delay)
@@ -144,17 +153,18 @@ class Submitter:
         try:
             batch = await self.policy.call(lambda: self.client.batches.retrieve(entry["batch_id"]))
         except openai.OpenAIError as exc:
-            logger.info("Could not check batch %s yet (%s)", entry["batch_id"], exc)
+            reason = describe(exc, self.client.api_key)
+            logger.info("Could not check batch %s yet (%s)", entry["batch_id"], reason)
             return True
         if batch.status == "failed":
-            self._failed(run, name, batch)
+            self._failed(run, name, batch, self.client.api_key)
             return False
         return True
 
     @staticmethod
-    def _failed(run: Run, name: str, batch: Any) -> None:
+    def _failed(run: Run, name: str, batch: Any, key: str | None) -> None:
         entry = run.manifest.files[name]
-        reason = failure_reason(batch)
+        reason = redact(failure_reason(batch), key)
         entry["failed_batches"].append({"batch_id": batch.id, "reason": reason})
         entry.update(status=PENDING, batch_id=None, reason=f"batch failed validation: {reason}")
         run.manifest.save()

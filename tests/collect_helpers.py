@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -10,15 +11,31 @@ import scrapy
 from itemadapter import ItemAdapter
 from scrapy.utils.test import get_crawler
 
+from scrapy_llm_extract.client import async_client, sync_client
 from scrapy_llm_extract.collect import CollectOptions, replay_spider
 from scrapy_llm_extract.extraction import Preparer
 from scrapy_llm_extract.items import item_record
+from scrapy_llm_extract.retry import RetryPolicy
 from scrapy_llm_extract.spool import Run, Spool
+from scrapy_llm_extract.submit import Submitter
 from tests.conftest import product_page
 from tests.helpers import make_config
 
 
 class Product(scrapy.Item):
+    url = scrapy.Field()
+    html = scrapy.Field()
+    sku = scrapy.Field()
+    title = scrapy.Field()
+    price = scrapy.Field()
+    currency = scrapy.Field()
+    checked = scrapy.Field()
+    llm_extract_row_id = scrapy.Field()
+
+
+class BareProduct(scrapy.Item):
+    """An item class without the row id field (LLM_EXTRACT_ROW_ID_FIELD)."""
+
     url = scrapy.Field()
     html = scrapy.Field()
     sku = scrapy.Field()
@@ -39,6 +56,38 @@ class Downstream:
         return item
 
 
+class RaiseOn:
+    """A project pipeline with a bug: raises on the URLs in ``urls``."""
+
+    urls: ClassVar[set[str]] = set()
+
+    def process_item(self, item: Any) -> Any:
+        if ItemAdapter(item)["url"] in RaiseOn.urls:
+            raise RuntimeError("bug in the project's pipeline")
+        return item
+
+
+class AsDict:
+    """A common pattern: the pipeline returns a new object, a plain dict."""
+
+    def process_item(self, item: Any) -> Any:
+        return ItemAdapter(item).asdict()
+
+
+class FailingStorage:
+    """A feed target whose storage fails, like an unreachable FTP or S3 URI."""
+
+    def __init__(self, uri: str, *, feed_options: dict[str, Any] | None = None) -> None:
+        self.uri = uri
+
+    def open(self, spider: Any) -> Any:
+        return tempfile.TemporaryFile()
+
+    def store(self, file: Any) -> None:
+        file.close()
+        raise OSError("feed target unreachable")
+
+
 def settings(tmp_path: Path, emulator: Any, **extra: Any) -> dict[str, Any]:
     return {
         "LLM_EXTRACT_SPOOL_DIR": str(tmp_path / "spool"),
@@ -54,8 +103,12 @@ def settings(tmp_path: Path, emulator: Any, **extra: Any) -> dict[str, Any]:
     }
 
 
-def product(n: int, text: str = "") -> Product:
-    return Product(url=f"http://shop.test/product/{n}", html=product_page(n, text=text))
+def product(n: int, text: str = "", cls: type = Product) -> Any:
+    return cls(url=f"http://shop.test/product/{n}", html=product_page(n, text=text))
+
+
+def urls(numbers: Any) -> list[str]:
+    return sorted(f"http://shop.test/product/{n}" for n in numbers)
 
 
 def spool(settings: dict[str, Any], items: list[Any], spider: str = "shop") -> Run:
@@ -76,6 +129,26 @@ async def collect(settings: dict[str, Any], **options: Any) -> Any:
     crawler = get_crawler(replay_spider(CollectOptions(**options)), settings)
     await crawler.crawl_async()
     return crawler
+
+
+async def submitted_output(settings: dict[str, Any], run: Run) -> Path:
+    """Submit the run's one file as a crawl would; the emulator's output file of its batch."""
+    config = make_config(**settings)
+    client = async_client(config)
+    run.try_lock()
+    try:
+        await Submitter(client, RetryPolicy.from_config(config)).submit_pending(run)
+    finally:
+        run.unlock()
+        await client.close()
+    (entry,) = run.manifest.files.values()
+    client = sync_client(config)
+    try:
+        batch = client.batches.retrieve(entry["batch_id"])
+    finally:
+        client.close()
+    assert batch.output_file_id, batch.status
+    return Path(settings["LLM_EXTRACT_EMULATOR_DIR"]) / "files" / batch.output_file_id
 
 
 def feed(path: Path) -> list[dict[str, Any]]:

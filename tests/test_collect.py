@@ -5,20 +5,26 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import pytest
 from scrapy.settings import Settings
 from scrapy.utils.defer import deferred_f_from_coro_f
 
 from scrapy_llm_extract.collect import CollectOptions, cancel_batches, status_table
 from scrapy_llm_extract.spool import Run
 from tests.collect_helpers import (
+    BareProduct,
     Downstream,
+    FailingStorage,
     Product,
+    RaiseOn,
     collect,
     failures,
     feed,
     product,
     settings,
     spool,
+    submitted_output,
+    urls,
 )
 
 
@@ -189,7 +195,7 @@ async def test_cancelled_batches_fail_for_good(tmp_path, emulator):
     assert cancel_batches(Settings(conf), CollectOptions()) == 1
     crawler = await collect(conf)
     assert stat(crawler, "rows/failed") == 3
-    assert {row["kind"] for row in failures(run)} <= {"batch_cancelled", "missing"}
+    assert [row["kind"] for row in failures(run)] == ["batch_cancelled"] * 3
     assert stat(crawler, "rows/retried") is None
 
 
@@ -209,15 +215,25 @@ async def test_two_concurrent_collectors_emit_each_row_once(tmp_path, emulator):
     assert all(Run.open(run.path).manifest.data.get("collected_at") for run in runs)
 
 
-def test_status_table_lists_runs_and_batches_and_changes_nothing(tmp_path, emulator):
+@deferred_f_from_coro_f
+async def test_status_table_lists_runs_and_batches_and_changes_nothing(tmp_path, emulator):
     emulator.configure(in_progress_seconds=3600)
     conf = settings(tmp_path, emulator)
-    run = spool(conf, [product(n) for n in range(3)])
-    before = (run.path / "manifest.json").read_bytes()
+    submitted = spool(conf, [product(n) for n in range(3)])
+    await collect(conf)  # submits: its batch is in progress
+    waiting = spool(conf, [product(n) for n in range(3, 5)])
+    before = [(run.path / "manifest.json").read_bytes() for run in (submitted, waiting)]
     table = status_table(Settings(conf), CollectOptions())
-    assert run.run_id in table
-    assert "pending" in table
-    assert (run.path / "manifest.json").read_bytes() == before
+    rows = {" ".join(line.split()[:2]): line.split() for line in table.splitlines() if line}
+    assert rows[f"{submitted.run_id} requests-0001.jsonl"][2:5] == ["batch", "in_progress", "3"]
+    assert rows[f"{waiting.run_id} requests-0001.jsonl"][2:4] == ["pending", "2"]
+    # where the rows stand: spooled = delivered + dropped + failed + pending
+    assert rows[f"{submitted.run_id} closed"][2:] == ["3", "0", "0", "0", "3"]
+    after = [(run.path / "manifest.json").read_bytes() for run in (submitted, waiting)]
+    assert after == before
+    only = status_table(Settings(conf), CollectOptions(run_id=waiting.run_id))
+    assert waiting.run_id in only
+    assert submitted.run_id not in only
 
 
 @deferred_f_from_coro_f
@@ -235,3 +251,254 @@ async def test_a_batch_completed_before_its_result_files_is_joined_once_they_exi
     assert failures(run) == []
     assert caplog.text.count("has no result files yet") == 2
     assert len(feed(tmp_path / "out.jsonl")) == 6
+
+
+# The delivery contract (issue 11) ----------------------------------------------------------
+
+
+def ledger(crawler):
+    """spooled, delivered, dropped, failed, pending of the runs the collector held."""
+    names = ("spooled", "delivered", "dropped", "failed", "pending")
+    return {name: stat(crawler, f"ledger/{name}") for name in names}
+
+
+@deferred_f_from_coro_f
+async def test_a_failing_feed_delivers_nothing_and_the_next_pass_delivers_everything(
+    tmp_path, emulator
+):
+    failing = {f"failing://{tmp_path}/lost.jsonl": {"format": "jsonlines"}}
+    conf = settings(tmp_path, emulator, FEEDS=failing, FEED_STORAGES={"failing": FailingStorage})
+    run = spool(conf, [product(n) for n in range(12)])
+    first = await collect(conf)
+    assert first.stats.get_value("feedexport/failed_count/FailingStorage") == 1
+    assert first.spider.collector.exit_code == 1
+    assert stat(first, "passes/undelivered") == 1
+    assert ledger(first) == {
+        "spooled": 12, "delivered": 0, "dropped": 0, "failed": 0, "pending": 12
+    }  # fmt: skip
+    assert not Run.open(run.path).manifest.data.get("collected_at")
+
+    second = await collect(settings(tmp_path, emulator))
+    items = feed(tmp_path / "out.jsonl")
+    assert sorted(item["url"] for item in items) == urls(range(12))
+    assert second.spider.collector.exit_code == 0
+    assert ledger(second)["delivered"] == 12
+    assert Run.open(run.path).manifest.data["collected_at"]
+
+
+@deferred_f_from_coro_f
+async def test_items_carry_their_row_id_and_a_dict_returning_pipeline_is_tracked(
+    tmp_path, emulator
+):
+    pipelines = {
+        "scrapy_llm_extract.LLMExtractPipeline": 100,
+        "tests.collect_helpers.AsDict": 150,
+        "tests.collect_helpers.Downstream": 200,
+    }
+    conf = settings(tmp_path, emulator, ITEM_PIPELINES=pipelines)
+    run = spool(
+        conf, [product(n) for n in range(5)] + [product(n, cls=BareProduct) for n in (5, 6)]
+    )
+    crawler = await collect(conf)
+    items = feed(tmp_path / "out.jsonl")
+    assert sorted(item["url"] for item in items) == urls(range(7))
+    ids = [item["llm_extract_row_id"] for item in items if "llm_extract_row_id" in item]
+    assert sorted(ids) == sorted(
+        record["custom_id"]
+        for record in run.iter_sidecar(next(iter(run.manifest.files)))
+        if record["item_class"].endswith(":Product")
+    )
+    assert ledger(crawler)["delivered"] == 7
+    assert crawler.spider.collector.exit_code == 0
+    assert Run.open(run.path).manifest.data["collected_at"]
+
+
+@deferred_f_from_coro_f
+async def test_a_raising_pipeline_fails_the_row_apart_and_retry_failed_replays_it(
+    tmp_path, emulator, caplog
+):
+    pipelines = {
+        "scrapy_llm_extract.LLMExtractPipeline": 100,
+        "tests.collect_helpers.RaiseOn": 150,
+        "tests.collect_helpers.Downstream": 200,
+    }
+    conf = settings(tmp_path, emulator, ITEM_PIPELINES=pipelines)
+    run = spool(conf, [product(n) for n in range(6)])
+    RaiseOn.urls = {"http://shop.test/product/2"}
+    try:
+        with caplog.at_level(logging.WARNING, logger="scrapy_llm_extract"):
+            first = await collect(conf)
+    finally:
+        RaiseOn.urls = set()
+    assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls([0, 1, 3, 4, 5])
+    (failure,) = failures(run)
+    assert failure["kind"] == "pipeline_error"
+    assert failure["url"] == "http://shop.test/product/2"
+    assert failure["fields"]["url"] == "http://shop.test/product/2"
+    assert stat(first, "rows/extracted") == 6
+    assert stat(first, "rows/failed/pipeline_error") == 1
+    assert ledger(first) == {
+        "spooled": 6, "delivered": 5, "dropped": 0, "failed": 1, "pending": 0
+    }  # fmt: skip
+    assert first.spider.collector.exit_code == 1
+    assert str(run.path / "failures.jsonl") in caplog.text
+
+    second = await collect(conf)  # nothing new without --retry-failed
+    assert stat(second, "rows/extracted") is None
+    third = await collect(conf, retry_failed=True)  # the pipeline is fixed
+    assert stat(third, "rows/extracted") == 1
+    assert ledger(third)["delivered"] == 6
+    assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls(range(6))
+
+
+@deferred_f_from_coro_f
+async def test_closespider_itemcount_stops_the_replay_and_the_rest_stays_pending(
+    tmp_path, emulator
+):
+    conf = settings(tmp_path, emulator, CLOSESPIDER_ITEMCOUNT=3, CONCURRENT_ITEMS=1)
+    run = spool(conf, [product(n) for n in range(40)])
+    first = await collect(conf)
+    delivered = ledger(first)["delivered"]
+    assert 3 <= delivered < 40
+    assert ledger(first)["pending"] == 40 - delivered
+    assert len(feed(tmp_path / "out.jsonl")) == delivered
+    assert not Run.open(run.path).manifest.data.get("collected_at")
+    second = await collect(settings(tmp_path, emulator))
+    assert ledger(second)["delivered"] == 40
+    assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls(range(40))
+
+
+@pytest.mark.parametrize("fault", ["torn", "missing"])
+@deferred_f_from_coro_f
+async def test_a_torn_or_missing_result_row_is_resubmitted_and_never_stops_collection(
+    tmp_path, emulator, fault
+):
+    conf = settings(tmp_path, emulator)
+    torn_run = spool(conf, [product(n) for n in range(6)])
+    output = await submitted_output(conf, torn_run)
+    lines = output.read_bytes().split(b"\n")
+    if fault == "torn":
+        lines[2] = lines[2][: len(lines[2]) // 2]  # torn mid-file
+    else:
+        del lines[2]
+    output.write_bytes(b"\n".join(lines))
+    other_run = spool(conf, [product(n) for n in range(10, 13)])
+
+    first = await collect(conf)
+    assert stat(first, "results/unreadable") == (1 if fault == "torn" else None)
+    assert stat(first, "rows/retried") == 1
+    assert Run.open(other_run.path).manifest.data["collected_at"]
+    assert failures(torn_run) == []
+    await collect(conf)
+    assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls(
+        [*range(6), 10, 11, 12]
+    )
+
+
+@deferred_f_from_coro_f
+async def test_an_api_error_on_one_run_leaves_the_others_collected_and_is_listed_as_stuck(
+    tmp_path, emulator, caplog
+):
+    conf = settings(tmp_path, emulator)
+    broken = spool(conf, [product(n) for n in range(3)])
+    fine = spool(conf, [product(n) for n in range(10, 13)])
+    hidden = await submitted_output(conf, broken)
+    kept = hidden.read_bytes()
+    hidden.unlink()  # its download now fails
+
+    with caplog.at_level(logging.INFO, logger="scrapy_llm_extract"):
+        crawler = await collect(conf)
+    assert crawler.spider.collector.exit_code == 1
+    assert Run.open(fine.path).manifest.data["collected_at"]
+    assert not Run.open(broken.path).manifest.data.get("collected_at")
+    assert f"Stuck: run {broken.run_id} file requests-0001.jsonl: " in caplog.text
+    assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls([10, 11, 12])
+
+    hidden.write_bytes(kept)
+    again = await collect(conf)
+    assert again.spider.collector.exit_code == 0
+    assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls(
+        [0, 1, 2, 10, 11, 12]
+    )
+
+
+@deferred_f_from_coro_f
+async def test_a_run_submitted_to_another_endpoint_is_refused_in_one_line(
+    tmp_path, emulator, caplog
+):
+    emulator.configure(in_progress_seconds=3600)
+    conf = settings(tmp_path, emulator)
+    run = spool(conf, [product(n) for n in range(2)])
+    await collect(conf)
+    assert Run.open(run.path).manifest.files["requests-0001.jsonl"]["api_base"]
+    elsewhere = settings(tmp_path, emulator, LLM_EXTRACT_BASE_URL="http://elsewhere.invalid/v1")
+    with caplog.at_level(logging.INFO, logger="scrapy_llm_extract"):
+        crawler = await collect(elsewhere)
+    assert crawler.spider.collector.exit_code == 1
+    assert "was submitted to http://emulator.invalid/v1" in caplog.text
+    assert "Traceback" not in caplog.text
+    assert stat(crawler, "rows/extracted") is None
+
+
+@deferred_f_from_coro_f
+async def test_sealed_files_the_manifest_does_not_know_are_submitted(tmp_path, emulator):
+    conf = settings(tmp_path, emulator)
+    run = spool(conf, [product(n) for n in range(4)])
+    extra = spool(conf, [product(n) for n in range(4, 7)])
+    # Crash between the rename and the manifest save: the entry still says "open" ...
+    manifest = Run.open(run.path).manifest
+    manifest.files["requests-0001.jsonl"]["status"] = "open"
+    manifest.save()
+    # ... or the manifest never listed the file at all.
+    for name in ("requests-0001.jsonl", "items-0001.jsonl"):
+        (extra.path / name).rename(run.path / name.replace("0001", "0002"))
+    await collect(conf)
+    assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls(range(7))
+    assert Run.open(run.path).manifest.data["collected_at"]
+
+
+@deferred_f_from_coro_f
+async def test_rows_that_never_run_are_resubmitted_a_bounded_number_of_times(tmp_path, emulator):
+    emulator.configure(expire_batches=True, expire_fraction=0.0)
+    conf = settings(tmp_path, emulator, LLM_EXTRACT_MAX_RESUBMISSIONS=2)
+    run = spool(conf, [product(n) for n in range(3)])
+    crawler = await collect(conf, wait=True, poll_interval=0.01)
+    assert stat(crawler, "rows/retried") == 6
+    assert [row["kind"] for row in failures(run)] == ["batch_expired"] * 3
+    assert ledger(crawler) == {
+        "spooled": 3, "delivered": 0, "dropped": 0, "failed": 3, "pending": 0
+    }  # fmt: skip
+    assert Run.open(run.path).manifest.data["collected_at"]
+
+
+@deferred_f_from_coro_f
+async def test_runs_of_other_projects_are_left_alone_unless_asked(tmp_path, emulator):
+    conf = settings(tmp_path, emulator)
+    ours = spool(conf, [product(n) for n in range(2)])
+    theirs = spool({**conf, "BOT_NAME": "other"}, [product(n) for n in range(10, 12)])
+    await collect(conf)
+    assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls([0, 1])
+    assert not Run.open(theirs.path).manifest.data.get("collected_at")
+    await collect(conf, all_projects=True)
+    assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls([0, 1, 10, 11])
+    assert Run.open(ours.path).manifest.data["collected_at"]
+
+
+@deferred_f_from_coro_f
+async def test_a_half_written_spool_line_stops_only_its_run(tmp_path, emulator, caplog):
+    conf = settings(tmp_path, emulator)
+    broken = spool(conf, [product(n) for n in range(3)])
+    fine = spool(conf, [product(n) for n in range(10, 12)])
+    sidecar = broken.path / "items-0001.jsonl"
+    lines = sidecar.read_bytes().split(b"\n")
+    lines[1] = lines[1][:20]  # a write cut short mid-file (disk full), later rows appended
+    sidecar.write_bytes(b"\n".join(lines))
+    with caplog.at_level(logging.INFO, logger="scrapy_llm_extract"):
+        crawler = await collect(conf, wait=True, poll_interval=0.01)
+    assert crawler.spider.collector.exit_code == 1
+    assert f"Stuck: run {broken.run_id} file requests-0001.jsonl" in caplog.text
+    assert stat(crawler, "stuck") == 3  # --wait tried it at three polls, then gave up
+    assert "Giving up on file requests-0001.jsonl" in caplog.text
+    assert Run.open(fine.path).manifest.data["collected_at"]
+    assert not Run.open(broken.path).manifest.data.get("collected_at")
+    assert ledger(crawler)["pending"] >= 1

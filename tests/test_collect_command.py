@@ -9,15 +9,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.collect_helpers import feed, product, spool
+import pytest
+
+from tests.collect_helpers import feed, product, spool, urls
 
 ROOT = Path(__file__).resolve().parents[1]
 
 PIPELINES = '''
 import json, os, signal
 
+from itemadapter import ItemAdapter
+
 class Record:
-    """Writes each item it sees to RECORD; with KILL_AFTER=n, SIGKILLs itself at item n+1."""
+    """Writes each item it sees to RECORD; with KILL_AFTER=n, SIGKILLs itself at item n+1;
+    with SIGNAL=INT|TERM and SIGNAL_AFTER=n, sends itself that signal after item n;
+    with ASDICT=1, returns a new dict as many pipelines do."""
 
     def __init__(self):
         self.count = 0
@@ -29,7 +35,9 @@ class Record:
         line = json.dumps({"url": item["url"], "class": type(item).__name__}) + "\\n"
         with open(os.environ["RECORD"], "a") as f:
             f.write(line)
-        return item
+        if self.count == int(os.environ.get("SIGNAL_AFTER", "-1")):
+            os.kill(os.getpid(), getattr(signal, "SIG" + os.environ["SIGNAL"]))
+        return ItemAdapter(item).asdict() if os.environ.get("ASDICT") else item
 '''
 
 
@@ -42,7 +50,9 @@ def make_project(tmp_path: Path, emulator) -> tuple[Path, dict]:
         "LLM_EXTRACT_SPOOL_DIR": str(tmp_path / "spool"),
         "LLM_EXTRACT_EMULATOR_DIR": str(emulator.path),
     }
-    lines = [f"{name} = {value!r}" for name, value in settings.items()]
+    lines = ["import os", *(f"{name} = {value!r}" for name, value in settings.items())]
+    lines.append("CONCURRENT_ITEMS = int(os.environ.get('CONCURRENT_ITEMS', 100))")
+    lines.append("LLM_EXTRACT_MAX_ATTEMPTS = int(os.environ.get('MAX_ATTEMPTS', 3))")
     lines.append(
         "ITEM_PIPELINES = {'scrapy_llm_extract.LLMExtractPipeline': 100, 'projpipes.Record': 200}"
     )
@@ -69,7 +79,7 @@ def finish(process: subprocess.Popen) -> tuple[int, str, str]:
     return process.returncode, out, err
 
 
-def test_killed_mid_collection_then_rerun_emits_the_rest_exactly_once(tmp_path, emulator):
+def test_killed_mid_collection_then_rerun_delivers_every_row_once_to_the_feed(tmp_path, emulator):
     project, settings = make_project(tmp_path, emulator)
     run = spool(settings, [product(n) for n in range(30)])
     record = str(tmp_path / "record.jsonl")
@@ -82,15 +92,19 @@ def test_killed_mid_collection_then_rerun_emits_the_rest_exactly_once(tmp_path, 
 
     code, _, err = finish(scrapy(project, "collect-batches", "-O", "second.jsonl", RECORD=record))
     assert code == 0, err
-    seen = feed(Path(record))
-    urls = [row["url"] for row in seen]
-    assert sorted(urls) == sorted(f"http://shop.test/product/{n}" for n in range(30))
-    assert {row["class"] for row in seen} == {"Product"}
+    # The killed pass never stored its feed: its 10 rows are delivered again, nothing else.
+    seen = [row["url"] for row in feed(Path(record))]
+    expected = sorted(f"http://shop.test/product/{n}" for n in range(30))
+    assert sorted(seen[10:]) == expected
     second = feed(project / "second.jsonl")
-    assert sorted(item["url"] for item in second) == sorted(urls[10:])
+    assert sorted(item["url"] for item in second) == expected
     assert all(item["title"] for item in second)
-    assert "llm_extract/collect/rows/emitted" in err
+    assert "'llm_extract/collect/rows/delivered': 30" in err
     assert json.loads((run.path / "manifest.json").read_text())["collected_at"]
+
+    code, _, err = finish(scrapy(project, "collect-batches", "-O", "third.jsonl", RECORD=record))
+    assert code == 0, err
+    assert len(feed(Path(record))) == 40  # collected: nothing more
 
 
 def test_two_collector_processes_share_the_runs(tmp_path, emulator):
@@ -124,3 +138,78 @@ def test_status_prints_the_runs_and_outside_a_project_the_command_refuses(tmp_pa
     assert "inside a Scrapy project" in err
     code, out, _ = finish(scrapy(elsewhere, "version"))
     assert code == 0
+
+
+@pytest.mark.parametrize("name", ["INT", "TERM"])
+def test_a_signal_stops_the_replay_at_once_and_the_rest_is_delivered_next_time(
+    tmp_path, emulator, name
+):
+    project, settings = make_project(tmp_path, emulator)
+    run = spool(settings, [product(n) for n in range(60)])
+    record = str(tmp_path / "record.jsonl")
+    env = {"RECORD": record, "SIGNAL": name, "SIGNAL_AFTER": "5", "CONCURRENT_ITEMS": "1"}
+    code, _, err = finish(scrapy(project, "collect-batches", "-o", "first.jsonl", **env))
+    first = [item["url"] for item in feed(project / "first.jsonl")]
+    assert 5 <= len(first) < 60, err
+    assert len(feed(Path(record))) == len(first)  # stopped: nothing more went in
+    assert not json.loads((run.path / "manifest.json").read_text()).get("collected_at")
+
+    code, _, err = finish(scrapy(project, "collect-batches", "-o", "second.jsonl", RECORD=record))
+    assert code == 0, err
+    second = [item["url"] for item in feed(project / "second.jsonl")]
+    assert sorted(first + second) == urls(range(60))  # each row once: the feed was stored
+
+
+def test_a_dict_returning_pipeline_neither_hangs_nor_duplicates_beyond_the_killed_pass(
+    tmp_path, emulator
+):
+    project, settings = make_project(tmp_path, emulator)
+    spool(settings, [product(n) for n in range(30)])
+    record = str(tmp_path / "record.jsonl")
+    env = {"RECORD": record, "ASDICT": "1"}
+    code, _, _ = finish(scrapy(project, "collect-batches", "-o", "a.jsonl", KILL_AFTER="10", **env))
+    assert code == -signal.SIGKILL
+    code, _, err = finish(scrapy(project, "collect-batches", "-O", "b.jsonl", **env))
+    assert code == 0, err
+    delivered = feed(project / "b.jsonl")
+    assert sorted(item["url"] for item in delivered) == urls(range(30))
+    assert len({item["llm_extract_row_id"] for item in delivered}) == 30
+    code, _, err = finish(scrapy(project, "collect-batches", "-O", "c.jsonl", **env))
+    assert code == 0, err
+    assert feed(project / "c.jsonl") == []
+    assert len(feed(Path(record))) == 10 + 30
+
+
+def test_rows_failing_for_good_exit_1_with_a_warning_naming_failures_jsonl(tmp_path, emulator):
+    project, settings = make_project(tmp_path, emulator)
+    run = spool(settings, [product(1), product(2, "[[emulator:refusal]]")])
+    record = str(tmp_path / "record.jsonl")
+    code, _, err = finish(
+        scrapy(project, "collect-batches", "-o", "out.jsonl", RECORD=record, MAX_ATTEMPTS="1")
+    )
+    assert code == 1, err
+    assert f"WARNING: 1 row(s) failed for good; reasons and items are in {run.path}" in err
+    assert [item["url"] for item in feed(project / "out.jsonl")] == urls([1])
+
+
+def test_an_unknown_run_is_a_usage_error_listing_the_runs(tmp_path, emulator):
+    project, settings = make_project(tmp_path, emulator)
+    runs = [spool(settings, [product(n)]) for n in range(2)]
+    for extra in ([], ["--status"], ["--cancel"]):
+        code, out, err = finish(scrapy(project, "collect-batches", "--run", "nope", *extra))
+        assert code == 2, err
+        assert "No spool run 'nope'" in err
+        assert all(run.run_id in err for run in runs)
+    code, out, err = finish(scrapy(project, "collect-batches", "--status", "--run", runs[1].run_id))
+    assert code == 0, err
+    assert runs[1].run_id in out
+    assert runs[0].run_id not in out
+
+
+def test_help_offers_no_spider_arguments(tmp_path, emulator):
+    project, _ = make_project(tmp_path, emulator)
+    code, out, err = finish(scrapy(project, "collect-batches", "-h"))
+    assert code == 0, err
+    assert "-O FILE" in out
+    assert "-a NAME=VALUE" not in out
+    assert "(with --run: its)" not in out

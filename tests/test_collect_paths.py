@@ -487,7 +487,12 @@ def test_status_table_shows_each_submitted_files_batch_and_changes_nothing(tmp_p
     }
 
     table = status_table(Settings(project.settings), CollectOptions())
-    rows = {row["run"]: row for row in parse_table(table)}
+    # Where each run's rows stand comes first, then a table of files and their batches.
+    run_counts, files = table.split("\n\n")
+    assert {row["run"] for row in parse_table(run_counts)} == {
+        run.run_id for run in (finished, running, pending)
+    }
+    rows = {row["run"]: row for row in parse_table(files)}
     with api(emulator.path) as client:
         batch = client.batches.retrieve(
             manifest(finished)["files"]["requests-0001.jsonl"]["batch_id"]

@@ -3,23 +3,29 @@
 Scrapy imports every entry-point command on every invocation (even ``scrapy
 version``), so this module imports nothing heavy at module level: the
 collector, the OpenAI SDK and the package's settings load inside ``run()``.
+
+Exit codes: 0 every row delivered, or pending by design (batches still
+running); 1 a row failed for good, a pipeline or feed failed, or a file or
+run stayed stuck; 2 a usage error (such as an unknown ``--run``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from scrapy.commands import BaseRunSpiderCommand
+from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
+from scrapy.utils.conf import feed_process_params_from_cli
 from scrapy.utils.project import inside_project
 
 if TYPE_CHECKING:
     import argparse
 
 
-class Command(BaseRunSpiderCommand):
+class Command(ScrapyCommand):
     # Not enforced by Scrapy for entry-point commands: run() checks inside_project() itself.
     requires_project = True
+    requires_crawler_process = True
 
     def syntax(self) -> str:
         return "[options]"
@@ -32,10 +38,25 @@ class Command(BaseRunSpiderCommand):
             "Submit pending spool files, poll their batches and send every extracted item"
             " through ITEM_PIPELINES and FEEDS, as a crawl would. Failed rows are resubmitted"
             " up to LLM_EXTRACT_MAX_ATTEMPTS, then written to failures.jsonl in the run folder."
+            " Exit code: 0 all delivered or still running, 1 failures or stuck files, 2 usage."
         )
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         super().add_options(parser)
+        parser.add_argument(
+            "-o",
+            "--output",
+            metavar="FILE",
+            action="append",
+            help="append the collected items to FILE (FILE:FORMAT to choose the format)",
+        )
+        parser.add_argument(
+            "-O",
+            "--overwrite-output",
+            metavar="FILE",
+            action="append",
+            help="write the collected items to FILE, overwriting it",
+        )
         parser.add_argument(
             "--wait", action="store_true", help="poll until every batch is final, then exit"
         )
@@ -53,7 +74,9 @@ class Command(BaseRunSpiderCommand):
             help="print a table of runs and batches and change nothing",
         )
         parser.add_argument(
-            "--cancel", action="store_true", help="cancel the batches in flight (with --run: its)"
+            "--cancel",
+            action="store_true",
+            help="cancel the batches in flight (of every run, or of the --run given)",
         )
         parser.add_argument(
             "--deadline",
@@ -66,9 +89,25 @@ class Command(BaseRunSpiderCommand):
             metavar="MODEL",
             help="resubmit failed rows with this model instead of the original one",
         )
+        parser.add_argument(
+            "--retry-failed",
+            action="store_true",
+            help="deliver again the rows a project pipeline raised on (once it is fixed)",
+        )
+        parser.add_argument(
+            "--all-projects",
+            action="store_true",
+            help="also collect runs spooled by other projects (other BOT_NAME) in this spool",
+        )
 
     def process_options(self, args: list[str], opts: argparse.Namespace) -> None:
         super().process_options(args, opts)
+        if opts.output or opts.overwrite_output:
+            assert self.settings is not None
+            feeds = feed_process_params_from_cli(
+                self.settings, opts.output, overwrite_output=opts.overwrite_output
+            )
+            self.settings.set("FEEDS", feeds, priority="cmdline")
         if opts.poll_interval <= 0:
             raise UsageError("--poll-interval must be a positive number of seconds")
         if opts.deadline is not None and opts.deadline < 0:
@@ -86,7 +125,15 @@ class Command(BaseRunSpiderCommand):
             )
         if args:
             raise UsageError(f"unexpected arguments: {' '.join(args)}")
-        from ..collect import CollectOptions, cancel_batches, collect, status_table
+        from ..collect import (
+            CollectOptions,
+            UnknownRun,
+            cancel_batches,
+            collect,
+            select_runs,
+            status_table,
+        )
+        from ..config import Config
 
         assert self.settings is not None
         options = CollectOptions(
@@ -95,7 +142,13 @@ class Command(BaseRunSpiderCommand):
             poll_interval=opts.poll_interval,
             deadline_hours=opts.deadline,
             escalate_model=opts.escalate_model,
+            all_projects=opts.all_projects,
+            retry_failed=opts.retry_failed,
         )
+        try:
+            select_runs(Config.from_settings(self.settings), options)
+        except UnknownRun as exc:
+            raise UsageError(str(exc), print_help=False) from None
         if opts.status:
             print(status_table(self.settings, options))
             return
