@@ -22,17 +22,6 @@ from tests.conftest import product_page
 from tests.helpers import make_config
 
 
-class Product(scrapy.Item):
-    url = scrapy.Field()
-    html = scrapy.Field()
-    sku = scrapy.Field()
-    title = scrapy.Field()
-    price = scrapy.Field()
-    currency = scrapy.Field()
-    checked = scrapy.Field()
-    llm_extract_row_id = scrapy.Field()
-
-
 class BareProduct(scrapy.Item):
     """An item class without the row id field (LLM_EXTRACT_ROW_ID_FIELD)."""
 
@@ -43,6 +32,10 @@ class BareProduct(scrapy.Item):
     price = scrapy.Field()
     currency = scrapy.Field()
     checked = scrapy.Field()
+
+
+class Product(BareProduct):
+    llm_extract_row_id = scrapy.Field()
 
 
 class Downstream:
