@@ -1,0 +1,134 @@
+"""The pipeline's side of learned rules: consult before the model, learn after it, count.
+
+Kept apart from the pipeline so the pipeline only asks "do the rules answer
+this item?" and says "the model answered it". Stats, under
+``llm_extract/rules/``: ``answered`` (pages the rules answered), ``model``
+(pages that went to the model while rules were on, audits and alarms included),
+``audited``, ``alarm/<disagree|missing|shape>``, ``disagreements``,
+``promoted``, ``retired`` and ``saved_usd``: what the rule-answered pages would
+have cost the model on their route (prompt tokens as counted, output as the
+answer's JSON), None when the model's price is unknown.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+from ..config import ConfigError
+from ..items import set_field
+from ..models import add_costs, cost_usd, model_info, rounded_usd
+from ..router import BATCH
+from ..tokens import count_tokens
+from .book import ALARMS, ANSWERED, AUDIT, Learned, RuleBook, Verdict
+
+if TYPE_CHECKING:
+    from itemadapter import ItemAdapter
+    from scrapy.statscollectors import StatsCollector
+
+    from ..config import Config
+    from ..extraction import Prepared
+
+logger = logging.getLogger(__name__)
+
+STATS_PREFIX = "llm_extract/rules"
+MODEL = "model"
+
+
+def rule_book(config: Config, rng: random.Random | None = None) -> RuleBook:
+    """The rule book the settings describe (the call collection uses too)."""
+    return RuleBook(
+        config.rules_dir,
+        min_pages=config.rules_min_pages,
+        audit_start=config.rules_audit_start,
+        audit_floor=config.rules_audit_rate,
+        rng=rng,
+    )
+
+
+def open_gate(config: Config, stats: StatsCollector) -> RulesGate | None:
+    """The gate when LLM_EXTRACT_RULES is on; a ConfigError naming the folder it cannot use."""
+    if not config.rules:
+        return None
+    try:
+        return RulesGate(config, stats)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(
+            f"LLM_EXTRACT_RULES_DIR {config.rules_dir} cannot hold the learned rules ({exc}):"
+            " point it at a writable folder, or set LLM_EXTRACT_RULES = False."
+        ) from None
+
+
+class RulesGate:
+    """Answers items by learned rules when it can; learns from the model when it cannot."""
+
+    def __init__(self, config: Config, stats: StatsCollector, book: RuleBook | None = None) -> None:
+        self.config = config
+        self.stats = stats
+        self.book = book or rule_book(config)
+        self._model = model_info(config.model, config.prices)
+        self._saved: float | None = 0.0
+
+    def consult(self, adapter: ItemAdapter, prepared: Prepared, route: str) -> Verdict:
+        """The rules' verdict on an item: its fields, or why the model must answer it."""
+        view = self.book.view(adapter[self.config.source_field], prepared.url)
+        verdict = self.book.answer(view, prepared.schema.schema)
+        if verdict.fields is not None:
+            self._inc(ANSWERED)
+            self._count_saving(prepared, verdict.fields, batch=route == BATCH)
+            self._mark(adapter, verdict.sources)
+            return verdict
+        self._inc(MODEL)
+        if verdict.reason == AUDIT:
+            self._inc("audited")
+        elif verdict.reason in ALARMS:
+            self._inc(f"alarm/{verdict.reason}")
+            logger.debug(
+                "Rules for %s raised a %s alarm on %s; the model answers it.",
+                prepared.url,
+                verdict.reason,
+                verdict.alarm_field,
+            )
+        return verdict
+
+    def learn(self, adapter: ItemAdapter, verdict: Verdict, fields: dict[str, Any]) -> None:
+        """A real-time model answer: learn from it at once."""
+        self._mark(adapter, dict.fromkeys(fields, MODEL))
+        self.count(self.book.learn(verdict.view, fields), verdict.view.site)
+
+    def spooled(self, verdict: Verdict, url: str | None) -> None:
+        """A page gone to the Batch API: keep what rules read on it for its answer's return."""
+        if url:
+            self.book.remember(url, verdict.view)
+
+    def count(self, learned: Learned, site: str) -> None:
+        for name in ("promoted", "retired", "disagreements"):
+            if value := getattr(learned, name):
+                self._inc(name, value)
+        if learned.retired:
+            logger.info(
+                "The model contradicted %d learned rule(s) of %s twice in a row: retired; that"
+                " template's pages go to the model until rules are learned again"
+                " (llm_extract/rules/retired).",
+                learned.retired,
+                site,
+            )
+
+    def close(self) -> None:
+        self.book.close()
+
+    def _count_saving(self, prepared: Prepared, fields: dict[str, Any], *, batch: bool) -> None:
+        output = count_tokens(json.dumps(fields, ensure_ascii=False), self.config.model)
+        cost = cost_usd(self._model, prepared.request.prompt_tokens, output, batch=batch)
+        self._saved = add_costs(self._saved, cost)
+        self.stats.set_value(f"{STATS_PREFIX}/saved_usd", rounded_usd(self._saved))
+
+    def _mark(self, adapter: ItemAdapter, sources: dict[str, Any]) -> None:
+        if self.config.source_info_field:
+            set_field(adapter, self.config.source_info_field, sources)
+
+    def _inc(self, name: str, count: int = 1) -> None:
+        self.stats.inc_value(f"{STATS_PREFIX}/{name}", count)
