@@ -1,0 +1,107 @@
+"""Learned rules in real crawls: the second crawl of a shop is answered without the model."""
+
+import scrapy
+from scrapy.utils.defer import deferred_f_from_coro_f
+from scrapy.utils.test import get_crawler
+
+from tests.test_realtime_crawl import Recorder, expected_fields, spooled_urls
+
+RULES = "llm_extract/rules"
+
+
+class SourcedProduct(scrapy.Item):
+    url = scrapy.Field()
+    html = scrapy.Field()
+    priority = scrapy.Field()
+    llm_extract_error = scrapy.Field()
+    extracted_by = scrapy.Field()
+    title = scrapy.Field()
+    price = scrapy.Field()
+    currency = scrapy.Field()
+    sku = scrapy.Field()
+
+
+class ShopSpider(scrapy.Spider):
+    name = "shop"
+
+    def __init__(self, pages, **kwargs):
+        super().__init__(**kwargs)
+        self.pages = pages
+
+    async def start(self):
+        for url, priority in self.pages:
+            yield scrapy.Request(url, cb_kwargs={"priority": priority})
+
+    def parse(self, response, priority):
+        yield SourcedProduct(url=response.url, html=response.text, priority=priority)
+
+
+def settings(tmp_path, emulator, **extra):
+    return {
+        "ITEM_PIPELINES": {"scrapy_llm_extract.LLMExtractPipeline": 300},
+        "LLM_EXTRACT_EMULATOR_DIR": str(emulator.path),
+        "LLM_EXTRACT_SPOOL_DIR": str(tmp_path / "spool"),
+        "LLM_EXTRACT_SCHEMA": "tests.test_rules_crawl.SourcedProduct",
+        "LLM_EXTRACT_RULES": True,
+        "LLM_EXTRACT_RULES_DIR": str(tmp_path / "rules"),
+        "LLM_EXTRACT_RULES_MIN_PAGES": 3,
+        "LLM_EXTRACT_RULES_AUDIT_START": 0.0,
+        "LLM_EXTRACT_RULES_AUDIT_RATE": 0.0,
+        "LLM_EXTRACT_SOURCE_INFO_FIELD": "extracted_by",
+        "LLM_EXTRACT_PRICES": {"gpt-4o-mini": {"input": 0.15, "output": 0.6}},
+        "CONCURRENT_REQUESTS": 1,  # answers learned in page order: the first crawl is exact
+        **extra,
+    }
+
+
+async def crawl(config, pages):
+    crawler = get_crawler(ShopSpider, config)
+    recorder = Recorder(crawler)
+    await crawler.crawl_async(pages=pages)
+    stats = crawler.stats.get_stats()
+    return {k.removeprefix(RULES + "/"): v for k, v in stats.items() if k.startswith(RULES)}, (
+        recorder
+    )
+
+
+@deferred_f_from_coro_f
+async def test_the_second_crawl_of_a_shop_is_answered_by_rules(tmp_path, local_site, emulator):
+    urls = [local_site.url(f"/product/{n}") for n in range(1, 21)]
+    first, _ = await crawl(settings(tmp_path, emulator), [(url, "high") for url in urls])
+    assert first["model"] >= 3
+    assert first["promoted"] >= 4  # a rule or more for each field
+    calls = len(emulator.requests())
+    assert calls == first["model"]
+
+    # Second crawl, batch route: rule-answered items leave extracted at once, nothing spooled.
+    second, recorder = await crawl(settings(tmp_path, emulator), [(url, "low") for url in urls])
+    assert second["answered"] == 20
+    assert "model" not in second
+    assert len(emulator.requests()) == calls
+    assert spooled_urls(tmp_path) == []
+    assert second["saved_usd"] > 0
+    for n, url in enumerate(urls, 1):
+        item = recorder.items[url]
+        assert {k: item[k] for k in ("title", "price", "currency")} == expected_fields(n)
+        assert item["sku"] == f"SKU-{n}"
+        assert "jsonld:Product.offers.price" in item["extracted_by"]["price"]
+
+
+@deferred_f_from_coro_f
+async def test_a_changed_page_goes_back_to_the_model(tmp_path, local_site, emulator):
+    urls = [local_site.url(f"/product/{n}") for n in range(1, 9)]
+    await crawl(settings(tmp_path, emulator), [(url, "high") for url in urls])
+    # The shop's Open Graph title now differs from its JSON-LD name and heading.
+    changed = local_site.add(
+        "/changed",
+        local_site.page("/product/9").replace(
+            'content="Product 9"', 'content="Product 9 - Summer sale"'
+        ),
+    )
+    stats, recorder = await crawl(
+        settings(tmp_path, emulator), [(url, "high") for url in [*urls, changed]]
+    )
+    assert stats["answered"] == 8
+    assert stats["model"] == 1
+    assert stats["alarm/disagree"] == 1
+    assert recorder.items[changed]["extracted_by"]["title"] == "model"
