@@ -20,6 +20,7 @@ from typing import Any
 
 from .answers import Answer, answer, error_body, prompt_tokens
 from .config import EmulatorConfig
+from .noise import noise_of
 from .store import Store, new_id
 
 logger = logging.getLogger(__name__)
@@ -419,7 +420,11 @@ class Batches:
                     )
                     continue
                 result: Answer = answer(
-                    row["body"], _row_fault(config, number), realtime=False, now=finished_at
+                    row["body"],
+                    _row_fault(config, number),
+                    realtime=False,
+                    now=finished_at,
+                    noise=noise_of(config),
                 )
                 line = _row(
                     row,
