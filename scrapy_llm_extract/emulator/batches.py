@@ -396,9 +396,9 @@ class Batches:
             if "request_counts" in record:
                 return record
             config = record["config"]
+            created_with = EmulatorConfig.from_dict(config)
             rows, _ = validate_rows(
-                self.store.file_path(record["input_file_id"]).read_bytes(),
-                EmulatorConfig.from_dict(config),
+                self.store.file_path(record["input_file_id"]).read_bytes(), created_with
             )
             done = math.floor(len(rows) * _done_fraction(record, status, reached))
             finished_at = max(reached.values())
@@ -424,7 +424,7 @@ class Batches:
                     _row_fault(config, number),
                     realtime=False,
                     now=finished_at,
-                    noise=noise_of(config),
+                    noise=noise_of(created_with),
                 )
                 line = _row(
                     row,
