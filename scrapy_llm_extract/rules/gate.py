@@ -72,10 +72,17 @@ class RulesGate:
         self._model = model_info(config.model, config.prices)
         self._saved: float | None = 0.0
 
-    def consult(self, adapter: ItemAdapter, prepared: Prepared, route: str) -> Verdict:
-        """The rules' verdict on an item: its fields, or why the model must answer it."""
-        view = self.book.view(adapter[self.config.source_field], prepared.url)
-        verdict = self.book.answer(view, prepared.schema.schema)
+    def consult(self, adapter: ItemAdapter, prepared: Prepared, route: str) -> Verdict | None:
+        """The rules' verdict on an item: its fields, or why the model must answer it.
+
+        None when the rules failed on it: the model answers it, nothing is learned from it.
+        """
+        try:
+            view = self.book.view(adapter[self.config.source_field], prepared.url)
+            verdict = self.book.answer(view, prepared.schema.schema)
+        except Exception:  # a page the rules cannot read must still reach the model
+            self._failed("consult", prepared.url)
+            return None
         if verdict.fields is not None:
             self._inc(ANSWERED)
             self._count_saving(prepared, verdict.fields, batch=route == BATCH)
@@ -97,12 +104,21 @@ class RulesGate:
     def learn(self, adapter: ItemAdapter, verdict: Verdict, fields: dict[str, Any]) -> None:
         """A real-time model answer: learn from it at once."""
         self._mark(adapter, dict.fromkeys(fields, MODEL))
-        self.count(self.book.learn(verdict.view, fields), verdict.view.site)
+        try:
+            learned = self.book.learn(verdict.view, fields)
+        except (OSError, sqlite3.Error):
+            self._failed("learn", verdict.view.site)
+            return
+        self.count(learned, verdict.view.site)
 
     def spooled(self, verdict: Verdict, url: str | None) -> None:
         """A page gone to the Batch API: keep what rules read on it for its answer's return."""
-        if url:
+        if not url:
+            return
+        try:
             self.book.remember(url, verdict.view)
+        except (OSError, sqlite3.Error):
+            self._failed("remember", url)
 
     def count(self, learned: Learned, site: str) -> None:
         for name in ("promoted", "retired", "disagreements"):
@@ -118,7 +134,23 @@ class RulesGate:
             )
 
     def close(self) -> None:
-        self.book.close()
+        try:
+            self.book.close()
+        except (OSError, sqlite3.Error):
+            self._failed("close", str(self.config.rules_dir))
+
+    def _failed(self, step: str, subject: str | None) -> None:
+        """Count a failure of the rules; the item goes on by the model, never lost."""
+        self._inc(f"failed/{step}")
+        logger.error(
+            "Learned rules failed to %s (%s); the model answers as if LLM_EXTRACT_RULES were"
+            " off (llm_extract/rules/failed/%s). Check LLM_EXTRACT_RULES_DIR %s.",
+            step,
+            subject,
+            step,
+            self.config.rules_dir,
+            exc_info=True,
+        )
 
     def _count_saving(self, prepared: Prepared, fields: dict[str, Any], *, batch: bool) -> None:
         output = count_tokens(json.dumps(fields, ensure_ascii=False), self.config.model)
