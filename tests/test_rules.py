@@ -269,3 +269,40 @@ def test_rules_settings_are_validated_and_an_unusable_folder_is_named(tmp_path):
     config = make_config(LLM_EXTRACT_RULES=True, LLM_EXTRACT_RULES_DIR=str(blocked))
     with pytest.raises(ConfigError, match=f"LLM_EXTRACT_RULES_DIR {blocked} cannot hold"):
         open_gate(config, stats=None)
+
+
+class Stats:
+    def __init__(self):
+        self.values = {}
+
+    def inc_value(self, key, count=1):
+        self.values[key] = self.values.get(key, 0) + count
+
+    def set_value(self, key, value):
+        self.values[key] = value
+
+
+def test_collection_learns_a_batch_answer_through_the_gate(tmp_path):
+    from itemadapter import ItemAdapter
+
+    from scrapy_llm_extract.rules.book import Verdict
+    from scrapy_llm_extract.rules.gate import RulesGate
+    from tests.helpers import make_config
+
+    config = make_config(
+        LLM_EXTRACT_RULES=True,
+        LLM_EXTRACT_RULES_DIR=str(tmp_path),
+        LLM_EXTRACT_RULES_MIN_PAGES=1,
+        LLM_EXTRACT_SOURCE_INFO_FIELD="extracted_by",
+    )
+    crawl = RulesGate(config, Stats())
+    url = URL.format(n=1)
+    crawl.spooled(Verdict(crawl.book.view(page(1), url), UNKNOWN), url)
+    crawl.close()
+    stats = Stats()
+    collector = RulesGate(config, stats)
+    item = {"url": url, **answer(1)}
+    collector.collected(ItemAdapter(item), answer(1))
+    collector.close()
+    assert item["extracted_by"] == dict.fromkeys(answer(1), "model")
+    assert stats.values["llm_extract/rules/promoted"] >= 3

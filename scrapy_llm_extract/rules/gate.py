@@ -111,6 +111,20 @@ class RulesGate:
             return
         self.count(learned, verdict.view.site)
 
+    def collected(self, adapter: ItemAdapter, fields: dict[str, Any]) -> None:
+        """A batch answer merged by collection: learn from the page remembered when spooled."""
+        self._mark(adapter, dict.fromkeys(fields, MODEL))
+        url = adapter.get(self.config.url_field)
+        if url is None:
+            return
+        try:
+            learned = self.book.learn_collected(str(url), fields)
+        except (OSError, sqlite3.Error):
+            self._failed("learn", str(url))
+            return
+        if learned is not None:
+            self.count(learned, str(url))
+
     def spooled(self, verdict: Verdict, url: str | None) -> None:
         """A page gone to the Batch API: keep what rules read on it for its answer's return."""
         if not url:
