@@ -306,3 +306,17 @@ def test_collection_learns_a_batch_answer_through_the_gate(tmp_path):
     collector.close()
     assert item["extracted_by"] == dict.fromkeys(answer(1), "model")
     assert stats.values["llm_extract/rules/promoted"] >= 3
+
+
+def test_the_rules_are_listed_per_site_with_their_counts(tmp_path, capsys):
+    from scrapy_llm_extract.rules.__main__ import main
+
+    assert main([str(tmp_path)]) == 1
+    assert "No learned rules in" in capsys.readouterr().err
+    rules = book(tmp_path, min_pages=3)
+    teach(rules, range(3))
+    rules.close()
+    assert main([str(tmp_path)]) == 0
+    listing = capsys.readouterr().out
+    assert "books.example  template" in listing
+    assert "* jsonld:Book.offers.price  agreed 3, disagreed 0" in listing
