@@ -176,6 +176,11 @@ SETTINGS: dict[str, Setting] = {
     "LLM_EXTRACT_RULES_AUDIT_RATE": Setting(
         0.05, "Floor of that share: pages of a well-known template the model still checks."
     ),
+    "LLM_EXTRACT_RULES_REALTIME_PAGES": Setting(
+        0,
+        "Batch pages per template and crawl sent real time while no rule answers them, so a"
+        " single crawl learns its templates (at the real-time price, twice batch).",
+    ),
     "LLM_EXTRACT_SOURCE_INFO_FIELD": Setting(
         None,
         "Item field that receives where each extracted value came from ('model' or the rule"
@@ -356,6 +361,7 @@ class Config:
     rules_min_pages: int = 5
     rules_audit_start: float = 0.5
     rules_audit_rate: float = 0.05
+    rules_realtime_pages: int = 0
     source_info_field: str | None = None
 
     @classmethod
@@ -429,5 +435,6 @@ class Config:
             rules_min_pages=_number(settings, "LLM_EXTRACT_RULES_MIN_PAGES"),
             rules_audit_start=_share(settings, "LLM_EXTRACT_RULES_AUDIT_START"),
             rules_audit_rate=_share(settings, "LLM_EXTRACT_RULES_AUDIT_RATE"),
+            rules_realtime_pages=_number(settings, "LLM_EXTRACT_RULES_REALTIME_PAGES", zero=True),
             source_info_field=_text(settings, "LLM_EXTRACT_SOURCE_INFO_FIELD", optional=True),
         )

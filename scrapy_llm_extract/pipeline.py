@@ -130,6 +130,8 @@ class LLMExtractPipeline:
         if verdict is not None and verdict.fields is not None:
             self._merge(adapter, Extracted(verdict.fields))
             return item
+        if verdict is not None and self.rules is not None:
+            route = self.rules.route(verdict, route)
         if route == REALTIME:
             outcome = await self.realtime.extract(prepared)
             if isinstance(outcome, Extracted):

@@ -5,7 +5,8 @@ this item?" and says "the model answered it". Stats, under
 ``llm_extract/rules/``: ``answered`` (pages the rules answered), ``model``
 (pages that went to the model while rules were on, audits and alarms included),
 ``audited``, ``alarm/<disagree|missing|shape>``, ``disagreements``,
-``promoted``, ``retired`` and ``saved_usd``: what the rule-answered pages would
+``promoted``, ``retired``, ``learning_realtime`` (batch pages sent real time to learn
+their template) and ``saved_usd``: what the rule-answered pages would
 have cost the model on their route (prompt tokens as counted, output as the
 answer's JSON), None when the model's price is unknown.
 """
@@ -16,14 +17,15 @@ import json
 import logging
 import random
 import sqlite3
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from ..config import ConfigError
 from ..items import set_field
 from ..models import add_costs, cost_usd, model_info, rounded_usd
-from ..router import BATCH
+from ..router import BATCH, REALTIME
 from ..tokens import count_tokens
-from .book import ALARMS, ANSWERED, AUDIT, Learned, RuleBook, Verdict
+from .book import ALARMS, ANSWERED, AUDIT, UNKNOWN, Learned, RuleBook, Verdict
 
 if TYPE_CHECKING:
     from itemadapter import ItemAdapter
@@ -71,6 +73,7 @@ class RulesGate:
         self.book = book or rule_book(config)
         self._model = model_info(config.model, config.prices)
         self._saved: float | None = 0.0
+        self._learning_realtime: Counter[tuple[str, str]] = Counter()
 
     def consult(self, adapter: ItemAdapter, prepared: Prepared, route: str) -> Verdict | None:
         """The rules' verdict on an item: its fields, or why the model must answer it.
@@ -100,6 +103,22 @@ class RulesGate:
                 verdict.alarm_field,
             )
         return verdict
+
+    def route(self, verdict: Verdict, route: str) -> str:
+        """The route of a page the rules did not answer.
+
+        A batch page of a template the rules do not know yet goes real time, up to
+        LLM_EXTRACT_RULES_REALTIME_PAGES per template and crawl, so that this crawl learns
+        the template instead of the next one (at the real-time price, twice batch).
+        """
+        if route != BATCH or verdict.reason != UNKNOWN:
+            return route
+        template = (verdict.view.site, verdict.view.template)
+        if self._learning_realtime[template] >= self.config.rules_realtime_pages:
+            return route
+        self._learning_realtime[template] += 1
+        self._inc("learning_realtime")
+        return REALTIME
 
     def learn(self, adapter: ItemAdapter, verdict: Verdict, fields: dict[str, Any]) -> None:
         """A real-time model answer: learn from it at once."""
