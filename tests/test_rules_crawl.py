@@ -26,7 +26,6 @@ class ShopSpider(scrapy.Spider):
     before it has left the pipelines (CONCURRENT_ITEMS = 1), so learning follows page order."""
 
     name = "shop"
-    custom_settings = {"CONCURRENT_ITEMS": 1}
 
     def __init__(self, pages, **kwargs):
         super().__init__(**kwargs)
@@ -58,6 +57,7 @@ def settings(tmp_path, emulator, **extra):
         "LLM_EXTRACT_RULES_AUDIT_RATE": 0.0,
         "LLM_EXTRACT_SOURCE_INFO_FIELD": "extracted_by",
         "LLM_EXTRACT_PRICES": {"gpt-4o-mini": {"input": 0.15, "output": 0.6}},
+        "CONCURRENT_ITEMS": 1,  # with ShopSpider's chained requests: pages strictly in order
         **extra,
     }
 
