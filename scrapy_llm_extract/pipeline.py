@@ -29,7 +29,7 @@ from .items import (
 from .realtime import RealtimeExtractor
 from .results import Extracted, Failure
 from .router import BATCH, REALTIME, SKIP, checked_route, resolve_router
-from .rules.gate import RulesGate, open_gate
+from .rules.gate import RulesGate
 from .schema import SchemaError
 from .spool import Spool, UnspoolableItem
 from .startup import check_spool_dir, crawler_config, exit_nonzero, stop_with
@@ -65,7 +65,7 @@ class LLMExtractPipeline:
         self.realtime = RealtimeExtractor(self.config, crawler.stats)
         self.spool = Spool.for_crawler(crawler, self.config)
         try:
-            self.rules: RulesGate | None = open_gate(self.config, crawler.stats)
+            self.rules = RulesGate(self.config, crawler.stats)
         except ConfigError as exc:
             raise stop_with(exc) from None
         self._schema_error_reported = False
@@ -86,8 +86,7 @@ class LLMExtractPipeline:
         await self.realtime.close()
         await self.workers.close()
         self.spool.close()
-        if self.rules is not None:
-            self.rules.close()
+        self.rules.close()
 
     async def process_item(self, item: Any) -> Any:
         if self.replaying:
@@ -126,23 +125,20 @@ class LLMExtractPipeline:
             )
         self.stats.inc_value("llm_extract/prompt/tokens", prepared.request.prompt_tokens)
         # Learned rules (LLM_EXTRACT_RULES): answer the page now, or learn from the model's answer.
-        verdict = None if self.rules is None else self.rules.consult(adapter, prepared, route)
+        verdict = self.rules.consult(adapter, prepared, route)
         if verdict is not None and verdict.fields is not None:
             self._merge(adapter, Extracted(verdict.fields))
             return item
-        if verdict is not None and self.rules is not None:
-            route = self.rules.route(verdict, route)
+        route = self.rules.route(verdict, route)
         if route == REALTIME:
             outcome = await self.realtime.extract(prepared)
             if isinstance(outcome, Extracted):
-                if verdict is not None and self.rules is not None:
-                    self.rules.learn(adapter, verdict, outcome.fields)
+                self.rules.learn(adapter, verdict, outcome.fields)
                 self._merge(adapter, outcome)
                 return item
             return self._realtime_failed(item, adapter, prepared, outcome)
         assert route == BATCH
-        if verdict is not None and self.rules is not None:
-            self.rules.spooled(verdict, prepared.url)
+        self.rules.spooled(verdict, prepared.url)
         return self._spool(item, prepared)
 
     def _merge(self, adapter: ItemAdapter, outcome: Extracted) -> None:

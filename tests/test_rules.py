@@ -258,17 +258,17 @@ def test_a_batch_answer_is_learned_from_the_page_remembered_at_crawl_time(tmp_pa
 
 def test_rules_settings_are_validated_and_an_unusable_folder_is_named(tmp_path):
     from scrapy_llm_extract.config import ConfigError
-    from scrapy_llm_extract.rules.gate import open_gate
+    from scrapy_llm_extract.rules.gate import RulesGate
     from tests.helpers import make_config
 
-    assert open_gate(make_config(), stats=None) is None  # off by default
+    assert RulesGate(make_config(), stats=None).book is None  # off by default
     with pytest.raises(ConfigError, match="LLM_EXTRACT_RULES_AUDIT_RATE must be a number from 0"):
         make_config(LLM_EXTRACT_RULES_AUDIT_RATE=1.5)
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
     config = make_config(LLM_EXTRACT_RULES=True, LLM_EXTRACT_RULES_DIR=str(blocked))
     with pytest.raises(ConfigError, match=f"LLM_EXTRACT_RULES_DIR {blocked} cannot hold"):
-        open_gate(config, stats=None)
+        RulesGate(config, stats=None)
 
 
 class Stats:

@@ -51,26 +51,22 @@ def rule_book(config: Config, rng: random.Random | None = None) -> RuleBook:
     )
 
 
-def open_gate(config: Config, stats: StatsCollector) -> RulesGate | None:
-    """The gate when LLM_EXTRACT_RULES is on; a ConfigError naming the folder it cannot use."""
-    if not config.rules:
-        return None
-    try:
-        return RulesGate(config, stats)
-    except (OSError, sqlite3.Error) as exc:
-        raise ConfigError(
-            f"LLM_EXTRACT_RULES_DIR {config.rules_dir} cannot hold the learned rules ({exc}):"
-            " point it at a writable folder, or set LLM_EXTRACT_RULES = False."
-        ) from None
-
-
 class RulesGate:
-    """Answers items by learned rules when it can; learns from the model when it cannot."""
+    """Answers items by learned rules when it can; learns from the model when it cannot.
 
-    def __init__(self, config: Config, stats: StatsCollector, book: RuleBook | None = None) -> None:
+    With LLM_EXTRACT_RULES off it has no rule book and does nothing: every verdict is None.
+    """
+
+    def __init__(self, config: Config, stats: StatsCollector) -> None:
         self.config = config
         self.stats = stats
-        self.book = book or rule_book(config)
+        try:
+            self.book = rule_book(config) if config.rules else None
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(
+                f"LLM_EXTRACT_RULES_DIR {config.rules_dir} cannot hold the learned rules ({exc}):"
+                " point it at a writable folder, or set LLM_EXTRACT_RULES = False."
+            ) from None
         self._model = model_info(config.model, config.prices)
         self._saved: float | None = 0.0
         self._learning_realtime: Counter[tuple[str, str]] = Counter()
@@ -78,8 +74,10 @@ class RulesGate:
     def consult(self, adapter: ItemAdapter, prepared: Prepared, route: str) -> Verdict | None:
         """The rules' verdict on an item: its fields, or why the model must answer it.
 
-        None when the rules failed on it: the model answers it, nothing is learned from it.
+        None when rules are off, or failed on it: the model answers it and nothing is learned.
         """
+        if self.book is None:
+            return None
         try:
             view = self.book.view(adapter[self.config.source_field], prepared.url)
             verdict = self.book.answer(view, prepared.schema.schema)
@@ -104,14 +102,14 @@ class RulesGate:
             )
         return verdict
 
-    def route(self, verdict: Verdict, route: str) -> str:
+    def route(self, verdict: Verdict | None, route: str) -> str:
         """The route of a page the rules did not answer.
 
         A batch page of a template the rules do not know yet goes real time, up to
         LLM_EXTRACT_RULES_REALTIME_PAGES per template and crawl, so that this crawl learns
         the template instead of the next one (at the real-time price, twice batch).
         """
-        if route != BATCH or verdict.reason != UNKNOWN:
+        if verdict is None or route != BATCH or verdict.reason != UNKNOWN:
             return route
         template = (verdict.view.site, verdict.view.template)
         if self._learning_realtime[template] >= self.config.rules_realtime_pages:
@@ -120,8 +118,10 @@ class RulesGate:
         self._inc("learning_realtime")
         return REALTIME
 
-    def learn(self, adapter: ItemAdapter, verdict: Verdict, fields: dict[str, Any]) -> None:
+    def learn(self, adapter: ItemAdapter, verdict: Verdict | None, fields: dict[str, Any]) -> None:
         """A real-time model answer: learn from it at once."""
+        if verdict is None or self.book is None:
+            return
         self._mark(adapter, dict.fromkeys(fields, MODEL))
         try:
             learned = self.book.learn(verdict.view, fields)
@@ -132,6 +132,8 @@ class RulesGate:
 
     def collected(self, adapter: ItemAdapter, fields: dict[str, Any]) -> None:
         """A batch answer merged by collection: learn from the page remembered when spooled."""
+        if self.book is None:
+            return
         self._mark(adapter, dict.fromkeys(fields, MODEL))
         url = adapter.get(self.config.url_field)
         if url is None:
@@ -144,9 +146,9 @@ class RulesGate:
         if learned is not None:
             self.count(learned, str(url))
 
-    def spooled(self, verdict: Verdict, url: str | None) -> None:
+    def spooled(self, verdict: Verdict | None, url: str | None) -> None:
         """A page gone to the Batch API: keep what rules read on it for its answer's return."""
-        if not url:
+        if verdict is None or self.book is None or not url:
             return
         try:
             self.book.remember(url, verdict.view)
@@ -167,6 +169,8 @@ class RulesGate:
             )
 
     def close(self) -> None:
+        if self.book is None:
+            return
         try:
             self.book.close()
         except (OSError, sqlite3.Error):
