@@ -75,6 +75,8 @@ def test_number_formats_compare_equal(text):
 
 def test_text_compares_without_case_or_spacing_and_codes_stay_text():
     assert canonical("  Penguin\n Books ") == canonical("penguin books")
+    assert canonical("https://schema.org/InStock") == canonical("InStock")
+    assert typed("http://schema.org/InStock", {"type": "string"}) == "InStock"
     assert canonical("KIT-1037") != canonical("GAR-1037")
     assert typed("12,50 €", {"type": "number"}) == 12.5
     assert typed("12,50 €", {"type": "string"}) == "12,50 €"
@@ -106,6 +108,7 @@ def test_a_page_is_read_by_every_rule_kind():
     assert view.values["label:publisher"] == "House 1"
     assert view.values["itemprop:isbn"] == "978"
     assert view.site == "books.example"
+    assert observe(page(1), "http://127.0.0.1:8123/b/1").site == "127.0.0.1"
 
 
 def test_generated_classes_give_no_rule_and_ambiguous_keys_are_left_out():

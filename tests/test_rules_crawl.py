@@ -1,5 +1,12 @@
 """Learned rules in real crawls: the second crawl of a shop is answered without the model."""
 
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import scrapy
 from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.test import get_crawler
@@ -142,3 +149,41 @@ async def test_real_time_learning_is_capped_per_template(tmp_path, local_site, e
     assert stats["learning_realtime"] == 2
     assert len(recorder.items) == 2  # the rest went to the spool, as without rules
     assert len(spooled_urls(tmp_path)) == 6
+
+
+def test_the_demo_shows_rules_answering_a_repeated_crawl(tmp_path):
+    """``python3 example_project/demo.py --rules``: two crawls of the shop, then collection."""
+    example = Path(__file__).resolve().parent.parent / "example_project"
+    project = Path(
+        shutil.copytree(
+            example,
+            tmp_path / "example_project",
+            ignore=shutil.ignore_patterns(".scrapy", "output", "__pycache__"),
+        )
+    )
+    env = {**os.environ, "OPENAI_API_KEY": "sk-must-not-be-used"}
+    result = subprocess.run(
+        [sys.executable, str(project / "demo.py"), "--venv", sys.prefix, "--rules"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    lines = {int(m[1]): (int(m[2]), int(m[3])) for m in CRAWL_LINE.finditer(result.stdout)}
+    assert set(lines) == {1, 2}
+    for rules, model in lines.values():
+        assert rules + model == 48
+    assert lines[2][0] > 0  # the second crawl answered pages without the model
+    listing = subprocess.run(
+        [sys.executable, "-m", "scrapy_llm_extract.rules", ".scrapy/llm_extract_rules"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "* jsonld:Product.offers.price" in listing
+
+
+CRAWL_LINE = re.compile(r"crawl (\d): (\d+) answered by rules, (\d+) by the model")

@@ -2,7 +2,7 @@
 
 A page is *observed* once: every value a rule of any kind could read from it,
 keyed by the rule (``jsonld:Product.offers.price``, ``meta:og:title``,
-``itemprop:offers.price``, ``css:p.product__price``,
+``itemprop:offers.price``, ``title`` (the head's), ``css:p.product__price``,
 ``css:div.buybox>b``, ``label:manufacturer``). Learning keeps the keys whose
 value equals the model's answer; answering looks the promoted keys up. Keys
 are anchored on names (JSON-LD keys, meta names, itemprop, ids, classes, data
@@ -86,7 +86,8 @@ class PageView:
 
 
 def site_of(url: str | None) -> str:
-    return (urlsplit(url).netloc.lower() if url else "") or "-"
+    """The host a page belongs to (without port: a local test shop changes port every run)."""
+    return (urlsplit(url).hostname if url else None) or "-"
 
 
 def observe(source: str | bytes, url: str | None) -> PageView:
@@ -125,6 +126,8 @@ def observe(source: str | bytes, url: str | None) -> PageView:
         )
     for element in root.xpath("//*[@itemprop]"):
         add("itemprop:" + _itemprop_path(element), _itemprop_value(element))
+    for title in root.xpath("//head/title"):
+        add("title", title.text_content())
     for element in root.xpath("//*[@itemtype]"):
         skeleton.add("itemtype:" + element.get("itemtype", "").rsplit("/", 1)[-1])
     body = root.find("body") if root.tag != "body" else root

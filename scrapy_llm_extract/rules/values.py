@@ -21,12 +21,16 @@ CURRENCY_SYMBOLS = "$€£¥₹₽₩"
 _NUMBER = re.compile(
     rf"(?:[{CURRENCY_SYMBOLS}]|[A-Z]{{3}}\s)?\s*(-?\d(?:[\d.,'\s]*\d)?)\s*(?:[{CURRENCY_SYMBOLS}]|\s[A-Z]{{3}})?"
 )
+#: schema.org enumerations are values: "https://schema.org/InStock" is "InStock", as slimming
+#: gives it to the model.
+_SCHEMA_ORG = re.compile(r"^https?://schema\.org/", re.IGNORECASE)
 _TRUE = frozenset({"true", "yes"})
 _FALSE = frozenset({"false", "no"})
 
 
 def clean_text(text: str) -> str:
-    return " ".join(text.split())
+    """Whitespace collapsed, and a schema.org enumeration URL as its bare name."""
+    return _SCHEMA_ORG.sub("", " ".join(text.split()))
 
 
 def parse_number(text: str) -> float | None:
