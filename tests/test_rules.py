@@ -80,6 +80,8 @@ def test_text_compares_without_case_or_spacing_and_codes_stay_text():
     assert canonical("KIT-1037") != canonical("GAR-1037")
     assert typed("12,50 €", {"type": "number"}) == 12.5
     assert typed("12,50 €", {"type": "string"}) == "12,50 €"
+    assert typed(None, {"type": "string"}) == ""  # absent, in a strict non-null field
+    assert typed(None, {"type": ["number", "null"]}) is None
 
 
 def test_shape_separates_lengths_digits_and_currency():

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import sqlite3
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -40,14 +39,13 @@ STATS_PREFIX = "llm_extract/rules"
 MODEL = "model"
 
 
-def rule_book(config: Config, rng: random.Random | None = None) -> RuleBook:
+def rule_book(config: Config) -> RuleBook:
     """The rule book the settings describe (the call collection uses too)."""
     return RuleBook(
         config.rules_dir,
         min_pages=config.rules_min_pages,
         audit_start=config.rules_audit_start,
         audit_floor=config.rules_audit_rate,
-        rng=rng,
     )
 
 

@@ -85,8 +85,9 @@ def field_types(schema: Mapping[str, Any]) -> list[str]:
 
 def typed(raw: Any, schema: Mapping[str, Any]) -> Any:
     """A rule's raw text as the value the schema asks for, or MISSING if it is not one."""
-    if raw is None:
-        return None if "null" in field_types(schema) else MISSING
+    if raw is None:  # absent: null, or the empty string a strict non-null text field gets
+        types = field_types(schema)
+        return None if "null" in types else "" if "string" in types else MISSING
     text = clean_text(str(raw))
     for kind in field_types(schema):
         if kind == "string" and text:
