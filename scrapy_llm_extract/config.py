@@ -166,6 +166,36 @@ SETTINGS: dict[str, Setting] = {
     "LLM_EXTRACT_KEEP_REMOTE_FILES": Setting(
         False, "Keep OpenAI input/output files of collected runs instead of deleting them."
     ),
+    # Learned rules (experimental).
+    "LLM_EXTRACT_RULES": Setting(
+        False,
+        "Learn extraction rules per site and template from the model's answers and answer"
+        " pages by them once they are promoted (audited by the model).",
+    ),
+    "LLM_EXTRACT_RULES_DIR": Setting(
+        "llm_extract_rules", "Learned-rules folder, relative to the project data dir."
+    ),
+    "LLM_EXTRACT_RULES_MIN_PAGES": Setting(
+        5, "Model answers in a row a rule must reproduce to be promoted."
+    ),
+    "LLM_EXTRACT_RULES_AUDIT_START": Setting(
+        0.5,
+        "Share of rule-answered pages still sent to the model right after a promotion or"
+        " retirement; halves every 20 rule-answered pages of the template.",
+    ),
+    "LLM_EXTRACT_RULES_AUDIT_RATE": Setting(
+        0.05, "Floor of that share: pages of a well-known template the model still checks."
+    ),
+    "LLM_EXTRACT_RULES_REALTIME_PAGES": Setting(
+        0,
+        "Batch pages per template and crawl sent real time while no rule answers them, so a"
+        " single crawl learns its templates (at the real-time price, twice batch).",
+    ),
+    "LLM_EXTRACT_SOURCE_INFO_FIELD": Setting(
+        None,
+        "Item field that receives where each extracted value came from ('model' or the rule"
+        " keys that answered it); None: not recorded.",
+    ),
     # Connection.
     "LLM_EXTRACT_API_KEY": Setting(None, "API key (None: the SDK's OPENAI_API_KEY)."),
     "LLM_EXTRACT_BASE_URL": Setting(None, "API base URL (None: the SDK's OPENAI_BASE_URL)."),
@@ -230,6 +260,14 @@ def _text(settings: BaseSettings, name: str, *, optional: bool = False) -> Any:
         return value
     kind = "a non-empty string" + (" or None" if optional else "")
     raise ConfigError(f"{name} must be {kind}, got {value!r}.")
+
+
+def _share(settings: BaseSettings, name: str) -> float:
+    """A share between 0 and 1."""
+    value = _number(settings, name, integer=False, zero=True)
+    if value is None or value > 1:
+        raise ConfigError(f"{name} must be a number from 0 to 1, got {settings.get(name)!r}.")
+    return float(value)
 
 
 def _choice(settings: BaseSettings, name: str, choices: tuple[str, ...]) -> str:
@@ -330,6 +368,13 @@ class Config:
     emulator_dir: Path | None
     project: str = "default"
     reasoning_effort: str | None = None
+    rules: bool = False
+    rules_dir: Path = field(default_factory=lambda: _data_dir("llm_extract_rules"))
+    rules_min_pages: int = 5
+    rules_audit_start: float = 0.5
+    rules_audit_rate: float = 0.05
+    rules_realtime_pages: int = 0
+    source_info_field: str | None = None
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> Config:
@@ -399,4 +444,11 @@ class Config:
             emulator_dir=_data_dir(emulator_dir) if emulator_dir else None,
             project=settings.get("BOT_NAME", "default"),
             reasoning_effort=effort,
+            rules=get_bool("LLM_EXTRACT_RULES"),
+            rules_dir=_data_dir(get("LLM_EXTRACT_RULES_DIR")),
+            rules_min_pages=_number(settings, "LLM_EXTRACT_RULES_MIN_PAGES"),
+            rules_audit_start=_share(settings, "LLM_EXTRACT_RULES_AUDIT_START"),
+            rules_audit_rate=_share(settings, "LLM_EXTRACT_RULES_AUDIT_RATE"),
+            rules_realtime_pages=_number(settings, "LLM_EXTRACT_RULES_REALTIME_PAGES", zero=True),
+            source_info_field=_text(settings, "LLM_EXTRACT_SOURCE_INFO_FIELD", optional=True),
         )

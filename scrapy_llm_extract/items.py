@@ -31,6 +31,7 @@ def input_fields(config: Config) -> tuple[str, ...]:
         config.timestamp_field,
         config.error_field,
         config.output_field,
+        config.source_info_field,
     )
     return tuple(name for name in names if name)
 

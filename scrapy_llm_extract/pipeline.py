@@ -29,6 +29,7 @@ from .items import (
 from .realtime import RealtimeExtractor
 from .results import Extracted, Failure
 from .router import BATCH, REALTIME, SKIP, checked_route, resolve_router
+from .rules.gate import RulesGate
 from .schema import SchemaError
 from .spool import Spool, UnspoolableItem
 from .startup import check_spool_dir, crawler_config, exit_nonzero, stop_with
@@ -63,6 +64,10 @@ class LLMExtractPipeline:
         self.workers = PrepareWorkers(self.config, crawler.stats)
         self.realtime = RealtimeExtractor(self.config, crawler.stats)
         self.spool = Spool.for_crawler(crawler, self.config)
+        try:
+            self.rules = RulesGate(self.config, crawler.stats)
+        except ConfigError as exc:
+            raise stop_with(exc) from None
         self._schema_error_reported = False
         self._checked_classes: set[type] = set()
         self._no_source_classes: set[type] = set()
@@ -81,6 +86,7 @@ class LLMExtractPipeline:
         await self.realtime.close()
         await self.workers.close()
         self.spool.close()
+        self.rules.close()
 
     async def process_item(self, item: Any) -> Any:
         if self.replaying:
@@ -118,13 +124,21 @@ class LLMExtractPipeline:
                 prepared.url,
             )
         self.stats.inc_value("llm_extract/prompt/tokens", prepared.request.prompt_tokens)
+        # Learned rules (LLM_EXTRACT_RULES): answer the page now, or learn from the model's answer.
+        verdict = self.rules.consult(adapter, prepared, route)
+        if verdict is not None and verdict.fields is not None:
+            self._merge(adapter, Extracted(verdict.fields))
+            return item
+        route = self.rules.route(verdict, route)
         if route == REALTIME:
             outcome = await self.realtime.extract(prepared)
             if isinstance(outcome, Extracted):
+                self.rules.learn(adapter, verdict, outcome.fields)
                 self._merge(adapter, outcome)
                 return item
             return self._realtime_failed(item, adapter, prepared, outcome)
         assert route == BATCH
+        self.rules.spooled(verdict, prepared.url)
         return self._spool(item, prepared)
 
     def _merge(self, adapter: ItemAdapter, outcome: Extracted) -> None:

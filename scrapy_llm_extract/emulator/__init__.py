@@ -57,7 +57,11 @@ the config changes; "first N" means calls 1..N, "every N" calls N, 2N, ...:
   the client times out; the server gives up after ``hang_seconds``);
 - answer faults, over chat calls in real time and over rows (by input line) in
   a batch: ``invalid_json_every``, ``refusal_every``, ``length_every``;
-- ``seed`` for the order of result rows (shuffled: join on ``custom_id``).
+- noisy answers: ``noise_rate`` (share of answers with one value changed, seeded
+  by ``seed`` and the page, so the same page always gets the same answer) and
+  ``noise_wrong_share`` (of those, the share that is wrong; the rest are the
+  same value formatted otherwise), to test learned rules against a fallible model;
+- ``seed`` for the order of result rows (shuffled: join on ``custom_id``) and the noise.
 
 Page markers, in the user content of one request, in real time and in batch
 rows: ``[[emulator:refusal]]``, ``[[emulator:length]]``,

@@ -17,6 +17,7 @@ from typing import Any
 from ..models import request_rules
 from ..tokens import count_tokens, truncate_to_tokens
 from .extract import fill, structured_entries
+from .noise import Noise
 
 #: Faults a page can ask for with ``[[emulator:<name>]]`` in its content.
 MARKERS = (
@@ -162,7 +163,7 @@ def reasoning_tokens(body: dict[str, Any]) -> int:
     return REASONING_TOKENS[effort or rules.default_effort or "medium"]
 
 
-def _content(body: dict[str, Any]) -> str:
+def _content(body: dict[str, Any], noise: Noise | None) -> str:
     """The emulated model output: schema-valid JSON, or a disclaimer for free text."""
     response_format = body.get("response_format") or {}
     user_text = "\n".join(
@@ -170,18 +171,27 @@ def _content(body: dict[str, Any]) -> str:
     )
     if response_format.get("type") == "json_schema":
         schema = response_format.get("json_schema", {}).get("schema", {})
-        return json.dumps(fill(schema, structured_entries(user_text)), ensure_ascii=False)
+        fields = fill(schema, structured_entries(user_text))
+        if noise is not None:
+            fields = noise.apply(fields, user_text)
+        return json.dumps(fields, ensure_ascii=False)
     if response_format.get("type") == "json_object":
         return json.dumps({"note": NOT_A_MODEL})
     return NOT_A_MODEL
 
 
 def answer(
-    body: Any, fault: str | None = None, *, realtime: bool = True, now: float | None = None
+    body: Any,
+    fault: str | None = None,
+    *,
+    realtime: bool = True,
+    now: float | None = None,
+    noise: Noise | None = None,
 ) -> Answer:
     """The answer to one chat-completions body; ``fault`` is a config-injected fault name.
 
     A marker in the page wins over ``fault``. ``hang`` applies to real-time calls only.
+    ``noise`` changes a seeded share of the answers (see :mod:`.noise`).
     """
     problem = check_body(body)
     if problem is not None:
@@ -197,7 +207,7 @@ def answer(
     model: str = body["model"]
     finish_reason = "stop"
     refusal: str | None = None
-    content: str | None = _content(body)
+    content: str | None = _content(body, noise)
     if fault == "refusal":
         content, refusal = None, REFUSAL
     elif fault == "content_filter":

@@ -20,6 +20,7 @@ from typing import Any
 
 from .answers import Answer, answer, error_body, prompt_tokens
 from .config import EmulatorConfig
+from .noise import noise_of
 from .store import Store, new_id
 
 logger = logging.getLogger(__name__)
@@ -395,9 +396,9 @@ class Batches:
             if "request_counts" in record:
                 return record
             config = record["config"]
+            created_with = EmulatorConfig.from_dict(config)
             rows, _ = validate_rows(
-                self.store.file_path(record["input_file_id"]).read_bytes(),
-                EmulatorConfig.from_dict(config),
+                self.store.file_path(record["input_file_id"]).read_bytes(), created_with
             )
             done = math.floor(len(rows) * _done_fraction(record, status, reached))
             finished_at = max(reached.values())
@@ -419,7 +420,11 @@ class Batches:
                     )
                     continue
                 result: Answer = answer(
-                    row["body"], _row_fault(config, number), realtime=False, now=finished_at
+                    row["body"],
+                    _row_fault(config, number),
+                    realtime=False,
+                    now=finished_at,
+                    noise=noise_of(created_with),
                 )
                 line = _row(
                     row,

@@ -66,9 +66,13 @@ class EmulatorConfig:
     invalid_json_every: int = 0
     refusal_every: int = 0
     length_every: int = 0
+    #: Share of answers with one value wrong or formatted differently (seeded by ``seed``).
+    noise_rate: float = 0.0
+    #: Of the noisy answers, the share that is wrong rather than reformatted.
+    noise_wrong_share: float = 0.5
     #: None: any ``Bearer`` key is accepted; otherwise only this one.
     api_key: str | None = None
-    #: Seeds the shuffling of result rows.
+    #: Seeds the shuffling of result rows and the noise of answers.
     seed: int = 0
 
     @classmethod

@@ -26,6 +26,7 @@ from typing import Any
 from .answers import answer, error_body, server_error_body
 from .batches import Batches
 from .config import ConfigSource, EmulatorConfig
+from .noise import noise_of
 from .store import Store, new_id
 
 logger = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ class Emulator:
             return EmulatorResponse.json(
                 400, error_body("We could not parse the JSON body of your request.")
             )
-        result = answer(body, fault, realtime=True, now=self.clock())
+        result = answer(body, fault, realtime=True, now=self.clock(), noise=noise_of(config))
         if result.hang:
             return EmulatorResponse(0, hang=True)
         response = EmulatorResponse.json(result.status, result.body)

@@ -66,8 +66,10 @@ class ShopProduct:
         return self.template in STRUCTURED_TEMPLATES
 
 
-def _product(index: int) -> ShopProduct:
-    category = CATEGORIES[index // PRODUCTS_PER_CATEGORY]
+def make_product(index: int, template: str | None = None) -> ShopProduct:
+    """Product ``index`` of an endless catalogue (the shop serves the first 48; benchmarks
+    render thousands), in its own template or in ``template``."""
+    category = CATEGORIES[index // PRODUCTS_PER_CATEGORY % len(CATEGORIES)]
     position = index % PRODUCTS_PER_CATEGORY
     noun = _NOUNS[category][position % len(_NOUNS[category])]
     adjective = _ADJECTIVES[(index * 5 + position // 4) % len(_ADJECTIVES)]
@@ -82,7 +84,7 @@ def _product(index: int) -> ShopProduct:
         price=f"{cents // 100}.{cents % 100:02d}",
         currency=_CURRENCIES[index % len(_CURRENCIES)],
         availability=_AVAILABILITY[index % len(_AVAILABILITY)],
-        template=TEMPLATES[index % len(TEMPLATES)],
+        template=template or TEMPLATES[index % len(TEMPLATES)],
         new_listing=index % NEW_LISTING_EVERY == NEW_LISTING_OFFSET,
         description=(
             f"The {adjective.lower()} {noun.lower()} from {brand}, made for everyday"
@@ -92,7 +94,7 @@ def _product(index: int) -> ShopProduct:
 
 
 CATALOG: tuple[ShopProduct, ...] = tuple(
-    _product(index) for index in range(len(CATEGORIES) * PRODUCTS_PER_CATEGORY)
+    make_product(index) for index in range(len(CATEGORIES) * PRODUCTS_PER_CATEGORY)
 )
 _BY_PATH = {product.path: product for product in CATALOG}
 
@@ -108,5 +110,5 @@ def in_category(category: str) -> list[ShopProduct]:
 def related(product: ShopProduct, count: int = 4) -> list[ShopProduct]:
     """Products shown under ``product``: its category neighbours (links the spider follows)."""
     siblings = in_category(product.category)
-    start = siblings.index(product)
+    start = siblings.index(product) if product in siblings else -1
     return [siblings[(start + step) % len(siblings)] for step in range(1, count + 1)]

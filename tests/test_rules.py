@@ -1,0 +1,327 @@
+"""Learned rules as plain modules: values, what rules read, committee, audit, persistence."""
+
+import json
+import random
+
+import pytest
+
+from scrapy_llm_extract.rules import RuleBook
+from scrapy_llm_extract.rules.book import (
+    ABSENT,
+    ALARM_DISAGREE,
+    ALARM_MISSING,
+    ALARM_SHAPE,
+    ANSWERED,
+    AUDIT,
+    UNKNOWN,
+)
+from scrapy_llm_extract.rules.kinds import observe, stable_name
+from scrapy_llm_extract.rules.values import canonical, shape, typed
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "title": {"type": ["string", "null"]},
+        "price": {"type": ["number", "null"]},
+        "publisher": {"type": ["string", "null"]},
+    },
+}
+URL = "https://books.example/b/{n}"
+
+
+def page(n, *, price=None, price_class="price", ld_price=None, publisher=True, extra=""):
+    """A book page: JSON-LD, an anchored price element and a "Publisher:" label."""
+    price = 10 + n % 80 if price is None else price
+    ld = {"@type": "Book", "name": f"Book {n:03d}", "offers": {"price": ld_price or price}}
+    label = f"<p>Publisher: House {n % 3}</p>" if publisher else ""
+    return (
+        f'<html><head><script type="application/ld+json">{json.dumps(ld)}</script></head>'
+        f'<body><main id="content"><h1>Book {n:03d}</h1><div class="buy"><div>'
+        f'<span class="{price_class}">{price:.2f} €</span></div></div>{label}{extra}</main>'
+        "</body></html>"
+    )
+
+
+def answer(n, *, price=None, publisher=True):
+    return {
+        "title": f"Book {n:03d}",
+        "price": float(10 + n % 80 if price is None else price),
+        "publisher": f"House {n % 3}" if publisher else None,
+    }
+
+
+def book(tmp_path=None, **kwargs):
+    kwargs.setdefault("audit_start", 0.0)
+    kwargs.setdefault("audit_floor", 0.0)
+    return RuleBook(tmp_path, rng=random.Random(7), **kwargs)
+
+
+def teach(rules, pages):
+    for n in pages:
+        rules.learn(rules.view(page(n), URL.format(n=n)), answer(n))
+
+
+def verdict(rules, html, n=100):
+    return rules.answer(rules.view(html, URL.format(n=n)), SCHEMA)
+
+
+# Values and rule kinds.
+
+
+@pytest.mark.parametrize("text", ["1.299,00 €", "$1,299.00", "1299", "EUR 1 299.00", " 1299.0 "])
+def test_number_formats_compare_equal(text):
+    assert canonical(text) == canonical(1299.0) == canonical("1299.00")
+
+
+def test_text_compares_without_case_or_spacing_and_codes_stay_text():
+    assert canonical("  Penguin\n Books ") == canonical("penguin books")
+    assert canonical("https://schema.org/InStock") == canonical("InStock")
+    assert typed("http://schema.org/InStock", {"type": "string"}) == "InStock"
+    assert canonical("KIT-1037") != canonical("GAR-1037")
+    assert typed("12,50 €", {"type": "number"}) == 12.5
+    assert typed("12,50 €", {"type": "string"}) == "12,50 €"
+    assert typed(None, {"type": "string"}) == ""  # absent, in a strict non-null field
+    assert typed(None, {"type": ["number", "null"]}) is None
+
+
+def test_shape_separates_lengths_digits_and_currency():
+    assert shape(12.5) == shape("19,99 €") != shape(1299.0)
+    assert shape("Penguin") != shape("Penguin 2024") != shape("£ Penguin 2024")
+
+
+@pytest.mark.parametrize("name", ["price", "product__price", "btn-primary", "h2"])
+def test_person_written_names_are_stable(name):
+    assert stable_name(name)
+
+
+@pytest.mark.parametrize("name", ["sc-bdfBwQ", "css-1x2y3z", "a8f3k2", "_3Xk9Pq", "col-12345"])
+def test_generated_names_are_not_used(name):
+    assert not stable_name(name)
+
+
+def test_a_page_is_read_by_every_rule_kind():
+    view = observe(
+        page(1, extra='<meta property="og:title" content="Book 1"><b itemprop="isbn">978</b>'),
+        URL.format(n=1),
+    )
+    assert view.values["jsonld:Book.offers.price"] == "11"
+    assert view.values["css:span.price"] == "11.00 €"
+    assert view.values["css:main#content>h1"] == "Book 001"
+    assert view.values["label:publisher"] == "House 1"
+    assert view.values["itemprop:isbn"] == "978"
+    assert view.site == "books.example"
+    assert observe(page(1), "http://127.0.0.1:8123/b/1").site == "127.0.0.1"
+
+
+def test_generated_classes_give_no_rule_and_ambiguous_keys_are_left_out():
+    twice = '<span class="price">1.00 €</span>'
+    view = observe(page(1, price_class="css-1x2y3z", extra=twice), URL.format(n=1))
+    assert "css:span.css-1x2y3z" not in view.values
+    assert "css:span.price" in view.values
+    view = observe(page(1, extra=twice), URL.format(n=1))
+    assert "css:span.price" not in view.values  # 11.00 € and 1.00 €: which one?
+
+
+def test_the_template_ignores_content_but_not_layout():
+    assert observe(page(1), None).template == observe(page(2, publisher=False), None).template
+    moved = page(1).replace('<div class="buy">', '<div class="buy-box">')
+    assert observe(moved, None).template != observe(page(1), None).template
+
+
+# Promotion and the committee.
+
+
+def test_a_rule_is_promoted_after_min_pages_answers_in_a_row():
+    rules = book(min_pages=3)
+    teach(rules, range(2))
+    assert verdict(rules, page(50)).reason == UNKNOWN
+    teach(rules, [2])
+    result = verdict(rules, page(50), 50)
+    assert result.reason == ANSWERED
+    assert result.fields == answer(50)
+    assert "jsonld:Book.offers.price" in result.sources["price"]
+    assert "css:span.price" in result.sources["price"]
+
+
+def test_a_candidate_the_model_contradicts_is_forgotten():
+    rules = book(min_pages=3)
+    teach(rules, range(2))
+    view = rules.view(page(2), URL.format(n=2))
+    rules.learn(view, {**answer(2), "price": 99.0})
+    state = rules.template(view)
+    assert "css:span.price" not in state.rules["price"]
+    teach(rules, range(3, 5))
+    assert verdict(rules, page(50)).reason == UNKNOWN  # a streak of 2 after the contradiction
+
+
+def test_rules_that_disagree_send_the_page_to_the_model():
+    rules = book(min_pages=3)
+    teach(rules, range(3))
+    assert verdict(rules, page(50, ld_price=70)).reason == ALARM_DISAGREE
+
+
+def test_a_rule_that_matches_nothing_sends_the_page_to_the_model():
+    rules = book(min_pages=3)
+    teach(rules, range(3))
+    result = verdict(rules, page(50, price_class="amount"))
+    assert result.reason == ALARM_MISSING
+    assert result.alarm_field == "price"
+
+
+def test_a_value_of_an_unseen_shape_sends_the_page_to_the_model():
+    rules = book(min_pages=3)
+    teach(rules, range(3))
+    assert verdict(rules, page(50, price=123456)).reason == ALARM_SHAPE
+
+
+def test_a_field_the_model_answers_null_is_learned_as_absent():
+    rules = book(min_pages=3)
+    for n in range(3):
+        rules.learn(
+            rules.view(page(n, publisher=False), URL.format(n=n)), answer(n, publisher=False)
+        )
+    result = verdict(rules, page(50, publisher=False), 50)
+    assert result.reason == ANSWERED
+    assert result.fields["publisher"] is None
+    assert result.sources["publisher"] == [ABSENT]
+    # The same template now showing a publisher: the absent rule does not hold.
+    assert verdict(rules, page(51), 51).reason == ANSWERED
+    assert verdict(rules, page(51), 51).fields["publisher"] is None  # learned: never stated
+    rules.learn(rules.view(page(51), URL.format(n=51)), answer(51))
+    assert verdict(rules, page(52), 52).reason == UNKNOWN  # suspect until the next answer
+
+
+# Audit and retirement.
+
+
+def test_audit_rate_starts_high_after_a_promotion_and_decays_to_the_floor():
+    rules = book(min_pages=3, audit_start=0.5, audit_floor=0.05)
+    teach(rules, range(3))
+    reasons = [verdict(rules, page(n), n).reason for n in range(100, 400)]
+    first, last = reasons[:40], reasons[-150:]
+    assert first.count(AUDIT) > last.count(AUDIT) * 2
+    assert 0 < last.count(AUDIT) < 30
+    assert set(reasons) == {ANSWERED, AUDIT}
+
+
+def test_a_rule_contradicted_twice_in_a_row_is_retired():
+    rules = book(min_pages=3)
+    teach(rules, range(3))
+
+    def drifted(n):  # span.price now shows the list price; the model reads the sale price
+        html = page(n, price=10 + n + 5, ld_price=10 + n)
+        return rules.learn(rules.view(html, URL.format(n=n)), answer(n))
+
+    assert drifted(10).retired == 0
+    assert verdict(rules, page(60), 60).reason == UNKNOWN  # suspect: the model answers
+    assert drifted(11).retired == 3  # span.price and the two containers around it
+    state = rules.template(rules.view(page(1), URL.format(n=1)))
+    assert not state.rules["price"]["css:span.price"].promoted
+    # The rule the model confirmed twice keeps answering, alone, under a fresh high audit rate.
+    result = verdict(rules, page(60), 60)
+    assert result.sources["price"] == ["jsonld:Book.offers.price"]
+    assert state.answered_since_change == 1
+
+
+def test_one_wrong_model_answer_does_not_retire_a_good_rule():
+    rules = book(min_pages=3)
+    teach(rules, range(3))
+    noisy = rules.learn(rules.view(page(10), URL.format(n=10)), {**answer(10), "price": 1.0})
+    assert noisy.disagreements == 1 and noisy.retired == 0
+    assert verdict(rules, page(60), 60).reason == UNKNOWN  # suspect: the model decides
+    confirmed = rules.learn(rules.view(page(11), URL.format(n=11)), answer(11))
+    assert confirmed.retired == 0
+    assert verdict(rules, page(60), 60).reason == ANSWERED
+
+
+# Persistence and batch answers.
+
+
+def test_rules_persist_across_rule_books(tmp_path):
+    first = book(tmp_path, min_pages=3)
+    teach(first, range(3))
+    first.close()
+    second = book(tmp_path, min_pages=3)
+    assert verdict(second, page(70), 70).fields == answer(70)
+    second.close()
+
+
+def test_a_batch_answer_is_learned_from_the_page_remembered_at_crawl_time(tmp_path):
+    rules = book(tmp_path, min_pages=1)
+    url = URL.format(n=1)
+    rules.remember(url, rules.view(page(1), url))
+    rules.close()
+    collector = book(tmp_path, min_pages=1)
+    assert collector.learn_collected(url, answer(1)).promoted >= 3
+    assert collector.learn_collected(url, answer(1)) is None  # learned once
+    assert verdict(collector, page(5), 5).fields == answer(5)
+    collector.close()
+
+
+# Settings.
+
+
+def test_rules_settings_are_validated_and_an_unusable_folder_is_named(tmp_path):
+    from scrapy_llm_extract.config import ConfigError
+    from scrapy_llm_extract.rules.gate import RulesGate
+    from tests.helpers import make_config
+
+    assert RulesGate(make_config(), stats=None).book is None  # off by default
+    with pytest.raises(ConfigError, match="LLM_EXTRACT_RULES_AUDIT_RATE must be a number from 0"):
+        make_config(LLM_EXTRACT_RULES_AUDIT_RATE=1.5)
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    config = make_config(LLM_EXTRACT_RULES=True, LLM_EXTRACT_RULES_DIR=str(blocked))
+    with pytest.raises(ConfigError, match=f"LLM_EXTRACT_RULES_DIR {blocked} cannot hold"):
+        RulesGate(config, stats=None)
+
+
+class Stats:
+    def __init__(self):
+        self.values = {}
+
+    def inc_value(self, key, count=1):
+        self.values[key] = self.values.get(key, 0) + count
+
+    def set_value(self, key, value):
+        self.values[key] = value
+
+
+def test_collection_learns_a_batch_answer_through_the_gate(tmp_path):
+    from itemadapter import ItemAdapter
+
+    from scrapy_llm_extract.rules.book import Verdict
+    from scrapy_llm_extract.rules.gate import RulesGate
+    from tests.helpers import make_config
+
+    config = make_config(
+        LLM_EXTRACT_RULES=True,
+        LLM_EXTRACT_RULES_DIR=str(tmp_path),
+        LLM_EXTRACT_RULES_MIN_PAGES=1,
+        LLM_EXTRACT_SOURCE_INFO_FIELD="extracted_by",
+    )
+    crawl = RulesGate(config, Stats())
+    url = URL.format(n=1)
+    crawl.spooled(Verdict(crawl.book.view(page(1), url), UNKNOWN), url)
+    crawl.close()
+    stats = Stats()
+    collector = RulesGate(config, stats)
+    item = {"url": url, **answer(1)}
+    collector.collected(ItemAdapter(item), answer(1))
+    collector.close()
+    assert item["extracted_by"] == dict.fromkeys(answer(1), "model")
+    assert stats.values["llm_extract/rules/promoted"] >= 3
+
+
+def test_the_rules_are_listed_per_site_with_their_counts(tmp_path, capsys):
+    from scrapy_llm_extract.rules.__main__ import main
+
+    assert main([str(tmp_path)]) == 1
+    assert "No learned rules in" in capsys.readouterr().err
+    rules = book(tmp_path, min_pages=3)
+    teach(rules, range(3))
+    rules.close()
+    assert main([str(tmp_path)]) == 0
+    listing = capsys.readouterr().out
+    assert "books.example  template" in listing
+    assert "* jsonld:Book.offers.price  agreed 3, disagreed 0" in listing
