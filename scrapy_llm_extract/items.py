@@ -32,6 +32,7 @@ def input_fields(config: Config) -> tuple[str, ...]:
         config.error_field,
         config.output_field,
         config.source_info_field,
+        config.row_id_field,
     )
     return tuple(name for name in names if name)
 

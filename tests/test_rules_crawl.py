@@ -11,6 +11,7 @@ import scrapy
 from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.test import get_crawler
 
+from tests.collect_helpers import collect
 from tests.test_realtime_crawl import Recorder, expected_fields, spooled_urls
 
 RULES = "llm_extract/rules"
@@ -137,6 +138,29 @@ async def test_a_batch_crawl_learns_its_template_from_a_few_real_time_pages(
     assert set(recorder.items) == set(urls)
     assert recorder.items[urls[0]]["extracted_by"]["price"] == "model"
     assert recorder.items[urls[-1]]["extracted_by"]["price"] != "model"
+
+
+@deferred_f_from_coro_f
+async def test_collection_learns_from_batch_answers_for_the_next_crawl(
+    tmp_path, local_site, emulator
+):
+    urls = [local_site.url(f"/product/{n}") for n in range(1, 11)]
+    config = settings(tmp_path, emulator)
+    first, _ = await crawl(config, [(url, "low") for url in urls])
+    assert "answered" not in first  # nothing learned yet: every page spooled
+    assert sorted(spooled_urls(tmp_path)) == sorted(urls)
+
+    collected = await collect(config)
+    assert collected.stats.get_value("llm_extract/collect/rows/extracted") == len(urls)
+    assert collected.stats.get_value(f"{RULES}/promoted") >= 4  # a rule or more per field
+
+    second, recorder = await crawl(config, [(url, "low") for url in urls])
+    assert second["answered"] == len(urls)
+    assert "model" not in second
+    for n, url in enumerate(urls, 1):
+        assert {k: recorder.items[url][k] for k in ("title", "price", "currency")} == (
+            expected_fields(n)
+        )
 
 
 @deferred_f_from_coro_f

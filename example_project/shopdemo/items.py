@@ -32,3 +32,6 @@ class Product(scrapy.Item):
 
     # Set instead of the fields above when extraction failed (LLM_EXTRACT_ERROR_FIELD).
     llm_extract_error = scrapy.Field()
+    # The batch row's stable id, set by collect-batches so that downstream can deduplicate
+    # a pass delivered again after a crash (LLM_EXTRACT_ROW_ID_FIELD).
+    llm_extract_row_id = scrapy.Field()

@@ -53,6 +53,7 @@ from ..results import (
     Usage,
     parse_batch_row,
 )
+from ..rules.gate import RulesGate
 from ..spool import FAILURES_NAME, Run, claim_dead_runs, list_runs, request_line
 from .ledger import (
     DROPPED,
@@ -197,6 +198,8 @@ class Collector:
         self._emitted_count = 0  # per-row counters go to the stats per file, not per row
         self._published = {"rows/extracted": 0, "rows/emitted": 0}
         self._model_info: dict[str, Any] = {}
+        #: Learned rules (LLM_EXTRACT_RULES) learn from each batch answer as it is merged.
+        self.rules = RulesGate(config, stats)
 
     # Delivery: Scrapy's side ----------------------------------------------------------------
 
@@ -312,6 +315,7 @@ class Collector:
             ledger.close()
             run.unlock()
         self._runs.clear()
+        self.rules.close()
         self._publish_counts()
         self._publish_totals()
         if self._realtime is not None:
@@ -589,6 +593,7 @@ class Collector:
         rejected = merge_extracted(adapter, outcome.fields, self.config)
         if rejected:
             self._inc("merge/rejected_fields", len(rejected))
+        self.rules.collected(adapter, outcome.fields)
         name = self.config.row_id_field
         if name and not set_field(adapter, name, record["custom_id"]) and not self._warned_row_id:
             self._warned_row_id = True
