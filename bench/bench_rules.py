@@ -43,6 +43,7 @@ from scrapy_llm_extract.config import Config
 from scrapy_llm_extract.emulator.extract import fill, structured_entries
 from scrapy_llm_extract.emulator.noise import Noise
 from scrapy_llm_extract.extraction import ExtractionSchema, build_request
+from scrapy_llm_extract.items import input_fields
 from scrapy_llm_extract.models import cost_usd, model_info
 from scrapy_llm_extract.prompt import RequestBuilder
 from scrapy_llm_extract.rules import RuleBook
@@ -57,8 +58,9 @@ from shopdemo.shop.catalog import ShopProduct, make_product
 from shopdemo.shop.pages import format_price, product_page
 
 MODEL = "gpt-4o-mini"
-INPUTS = ("url", "html", "priority", "llm_extract_error")
-SCHEMA = strict_schema(item_class_schema(Product), exclude=INPUTS)
+SCHEMA = strict_schema(
+    item_class_schema(Product), exclude=input_fields(Config.from_settings(Settings()))
+)
 FIELDS = tuple(SCHEMA["properties"])
 SITE = "https://fieldstone.example"
 
