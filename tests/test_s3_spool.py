@@ -4,6 +4,7 @@ leases, collects and writes back. The key cases run on the local spool too."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -31,7 +32,8 @@ class RowProduct(Product):
 
 
 class Record:
-    """Appends each item's row id to RECORD; with KILL_AFTER=n, SIGKILLs itself at item n+1."""
+    """Appends each item's row id to RECORD; with KILL_AFTER=n (STOP_AFTER=n), SIGKILLs
+    (SIGSTOPs) itself at item n+1."""
 
     def __init__(self):
         self.count = 0
@@ -39,6 +41,8 @@ class Record:
     def process_item(self, item):
         if self.count == int(os.environ.get("KILL_AFTER", "-1")):
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.count == int(os.environ.get("STOP_AFTER", "-1")):
+            os.kill(os.getpid(), signal.SIGSTOP)  # a collector stalled (GC, swap, VM paused)
         self.count += 1
         with open(os.environ["RECORD"], "a") as f:
             f.write(json.dumps({"id": item.get("llm_extract_row_id")}) + "\\n")
@@ -211,3 +215,52 @@ def test_a_collector_killed_mid_run_is_taken_over_once_its_lease_expires(
     assert {row["id"] for row in records(tmp_path / "machine-d.record")} <= {
         row["id"] for row in rows
     }
+
+
+def stopped(process: subprocess.Popen) -> bool:
+    with open(f"/proc/{process.pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_a_stalled_collector_whose_lease_was_taken_over_stops_and_writes_nothing_back(
+    tmp_path: Path, s3_server: Any, s3_spool: str
+) -> None:
+    project = first_crawl(tmp_path, s3_server, s3_spool)
+    log = tmp_path / "stalled.log"
+    with open(log, "w") as out:  # not a pipe: a full pipe would block it before it stalls
+        stalled = subprocess.Popen(
+            [sys.executable, "-m", "scrapy", "collect-batches", "--wait", "--poll-interval", "0.2"],
+            cwd=project,
+            env=environment(tmp_path, "machine-d", STOP_AFTER="1", LEASE_TTL="1"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        for _ in range(3000):  # until it stalls at its second item (bounded: 150 s)
+            if stopped(stalled):
+                break
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                stalled.wait(timeout=0.05)
+        assert stopped(stalled), "the collector never reached its first item"
+        for _ in range(600):  # until its lease has expired and another collector takes it over
+            code, _, err = finish(
+                collect_batches(project, "machine-e", "--wait", "--poll-interval", "0.2")
+            )
+            assert code == 0, err
+            if "Took over" in err:
+                break
+        else:
+            pytest.fail("the stalled collector's lease never expired")
+        store = open_test_store(s3_server, s3_spool)
+        (run_id,) = {key.split("/")[0] for key in store.list()}
+        before = store.get(f"{run_id}/manifest.json")
+        assert before is not None and json.loads(before.body)["collected_at"]
+    finally:
+        stalled.send_signal(signal.SIGCONT)
+    code = stalled.wait(timeout=300)
+    err = log.read_text()
+    assert code == 1, err
+    assert f"Lost the lease on run {run_id}" in err
+    after = store.get(f"{run_id}/manifest.json")
+    assert after is not None and after.etag == before.etag  # nothing written back
+    store.close()
