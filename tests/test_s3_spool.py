@@ -264,3 +264,56 @@ def test_a_stalled_collector_whose_lease_was_taken_over_stops_and_writes_nothing
     after = store.get(f"{run_id}/manifest.json")
     assert after is not None and after.etag == before.etag  # nothing written back
     store.close()
+
+
+def test_a_run_that_could_not_be_published_is_published_by_the_next_crawl_on_the_machine(
+    tmp_path: Path, s3_server: Any, s3_spool: str, emulator: Any
+) -> None:
+    """The store unreachable at close: counted, kept in staging, published by the next crawl."""
+    from itemadapter import ItemAdapter
+    from scrapy.statscollectors import MemoryStatsCollector
+    from scrapy.utils.test import get_crawler
+
+    from scrapy_llm_extract.extraction import Preparer
+    from scrapy_llm_extract.items import item_record
+    from scrapy_llm_extract.spool import Spool, list_runs
+    from tests.collect_helpers import product, settings
+    from tests.helpers import make_config
+    from tests.s3_server import free_ports
+
+    def crawl_items(settings: dict[str, Any], numbers: range, stats: Any = None) -> str:
+        config = make_config(**settings)
+        preparer = Preparer(config)
+        writer = Spool(config, spider="shop", stats=stats)
+        for n in numbers:
+            item = product(n)
+            writer.add(preparer.prepare(ItemAdapter(item)), item_record(item, config))
+        writer.close()
+        assert writer.run is not None
+        return writer.run.run_id
+
+    (closed_port,) = free_ports(1)
+    staged = {
+        **settings(tmp_path, emulator),
+        **s3_server.settings(s3_spool),
+        "LLM_EXTRACT_SPOOL_STAGING_DIR": str(tmp_path / "staging"),
+    }
+    down = {**staged, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed_port}"}
+    stats = MemoryStatsCollector(get_crawler())
+    first = crawl_items(down, range(3), stats)
+    assert stats.get_value("llm_extract/spool/publish_failed") == 2  # sealed, then closed
+    assert [run.run_id for run in list_runs(tmp_path / "staging" / "crawl")] == [first]
+    store = open_test_store(s3_server, s3_spool)
+    assert store.list() == []
+    second = crawl_items(staged, range(3, 5))  # the next crawl on this machine
+    assert list_runs(tmp_path / "staging" / "crawl") == []
+    for run_id, rows in ((first, 3), (second, 2)):
+        manifest = store.get(f"{run_id}/manifest.json")
+        assert manifest is not None
+        data = json.loads(manifest.body)
+        assert data["closed_at"]
+        (entry,) = data["files"].values()
+        assert entry["rows"] == rows
+        requests = store.get(f"{run_id}/requests-0001.jsonl")
+        assert requests is not None and requests.body.count(b"\n") == rows
+    store.close()
