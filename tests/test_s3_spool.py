@@ -66,6 +66,7 @@ def project_settings(s3_server: Any, spool: str) -> str:
         "LLM_EXTRACT_LEASE_TTL = float(os.environ.get('LEASE_TTL', 300))",
         "LLM_EXTRACT_SPOOL_PUBLISH_ROWS = 3",
         "ITEM_PIPELINES = {'tiny.record.Record': 900}",
+        "LLM_EXTRACT_PASS_PENDING = bool(os.environ.get('PASS_PENDING'))",
     ]
     return "\n".join(lines) + "\n"
 
@@ -316,4 +317,40 @@ def test_a_run_that_could_not_be_published_is_published_by_the_next_crawl_on_the
         assert entry["rows"] == rows
         requests = store.get(f"{run_id}/requests-0001.jsonl")
         assert requests is not None and requests.body.count(b"\n") == rows
+    store.close()
+
+
+def test_a_crawl_machine_lost_mid_crawl_costs_only_its_unpublished_rows(
+    tmp_path: Path, s3_server: Any, s3_spool: str
+) -> None:
+    project = first_crawl(tmp_path, s3_server, s3_spool)
+    # Spooled items pass on (PASS_PENDING) to Record, which kills the crawl at the 4th: the
+    # first 3 rows were sealed and published when the 4th was spooled.
+    code, _, err = finish(
+        scrapy(project, "lost", "crawl", "pages", PASS_PENDING="1", KILL_AFTER="3")
+    )
+    assert code == -signal.SIGKILL, err
+    store = open_test_store(s3_server, s3_spool)
+    unclosed = [
+        key.split("/")[0]
+        for key in store.list()
+        if key.endswith("/manifest.json") and not json.loads(store.get(key).body)["closed_at"]  # type: ignore[union-attr]
+    ]
+    assert len(unclosed) == 1
+    (lost,) = unclosed
+    code, out, err = finish(collect_batches(project, "machine-d", "--status"))
+    assert code == 0, err
+    assert f"{lost}: its crawl on " in out
+    code, _, err = finish(collect_batches(project, "machine-d", "--wait", "--poll-interval", "0.2"))
+    assert code == 0, err
+    assert len(records(tmp_path / "machine-d.record")) == ITEMS  # the closed run only
+    code, _, err = finish(
+        collect_batches(project, "machine-e", "--run", lost, "--wait", "--poll-interval", "0.2")
+    )
+    assert code == 0, err
+    assert "was never closed by its crawl" in err
+    delivered = records(tmp_path / "machine-e.record")
+    assert len({row["id"] for row in delivered}) == len(delivered) == 3
+    manifest = store.get(f"{lost}/manifest.json")
+    assert manifest is not None and json.loads(manifest.body)["collected_at"]
     store.close()

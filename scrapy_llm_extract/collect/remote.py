@@ -81,8 +81,8 @@ class StoreCollection:
             return False
         if not self.options.all_projects and manifest.get("project") != self.config.project:
             return False
-        if manifest.get("closed_at") is None:
-            return False  # its crawl is still publishing it (or died: rerun it on that machine)
+        if manifest.get("closed_at") is None and not self.options.run_id:
+            return False  # its crawl is still publishing it, or its machine is gone (--run)
         return self.options.retry_failed or not manifest.get("collected_at")
 
     # Working copies -----------------------------------------------------------------------
@@ -125,6 +125,12 @@ class StoreCollection:
             if lease is None:
                 logger.info("Skipping run %s: another collector holds its lease.", run_id)
                 continue
+            if json.loads(stored.body).get("closed_at") is None:
+                logger.warning(
+                    "Run %s was never closed by its crawl: collecting the files it published,"
+                    " as --run asks (its unpublished rows are lost with its machine).",
+                    run_id,
+                )
             try:
                 claimed = Claimed(lease, self._fetch(run_id))
             except BaseException:
