@@ -84,8 +84,8 @@ class Publisher:
                 run.unlock()
 
     def _upload(self, run: Run, file_name: str) -> None:
-        with open(run.path / file_name, "rb") as f:
-            self.store.put(f"{run.run_id}/{file_name}", f.read())
+        with open(run.path / file_name, "rb") as f:  # streamed: a file may be 200 MB
+            self.store.put(f"{run.run_id}/{file_name}", f)
 
     def _inc(self, key: str) -> None:
         if self.stats is not None:

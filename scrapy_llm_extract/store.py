@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
@@ -78,8 +78,11 @@ class S3Store:
     def __repr__(self) -> str:
         return f"S3Store({self.uri!r})"
 
-    def put(self, key: str, body: bytes, *, if_none_match: bool = False, if_match: str = "") -> str:
-        """Write ``body`` whole; return its etag. Conditional when asked (see module doc)."""
+    def put(
+        self, key: str, body: bytes | BinaryIO, *, if_none_match: bool = False, if_match: str = ""
+    ) -> str:
+        """Write ``body`` (bytes, or a file read from its start) whole; return its etag.
+        Conditional when asked (see module doc)."""
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.prefix + key, "Body": body}
         if if_none_match:
             args["IfNoneMatch"] = "*"
