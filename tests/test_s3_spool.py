@@ -262,6 +262,7 @@ def test_a_stalled_collector_whose_lease_was_taken_over_stops_and_writes_nothing
     err = log.read_text()
     assert code == 1, err
     assert f"Lost the lease on run {run_id}" in err
+    assert "'llm_extract/collect/leases_lost': 1" in err
     after = store.get(f"{run_id}/manifest.json")
     assert after is not None and after.etag == before.etag  # nothing written back
     store.close()

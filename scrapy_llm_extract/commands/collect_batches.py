@@ -179,8 +179,16 @@ class Command(ScrapyCommand):
         self.exitcode = collect(self.crawler_process, options)
 
     def _stop_crawl(self) -> None:
-        """A lease was lost (from the renewing thread): stop the replay at the next item."""
+        """A lease was lost (from the renewing thread): count it, stop the replay."""
         from twisted.internet import reactor
 
-        assert self.crawler_process is not None
-        reactor.callFromThread(self.crawler_process.stop)  # type: ignore[attr-defined]
+        process = self.crawler_process
+        assert process is not None
+
+        def stop() -> None:
+            for crawler in process.crawlers:
+                if crawler.stats is not None:
+                    crawler.stats.inc_value("llm_extract/collect/leases_lost")
+            process.stop()  # type: ignore[attr-defined]
+
+        reactor.callFromThread(stop)  # type: ignore[attr-defined]
