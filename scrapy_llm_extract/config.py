@@ -33,6 +33,32 @@ DEFAULT_INSTRUCTIONS = (
 
 
 @dataclass(frozen=True)
+class S3Settings:
+    """Scrapy's own S3 settings (those of its S3 feed storage), for an s3:// spool."""
+
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    endpoint_url: str | None = None
+    region_name: str | None = None
+    use_ssl: bool | None = None
+    verify: bool | str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: BaseSettings) -> S3Settings:
+        use_ssl = settings.get("AWS_USE_SSL")
+        return cls(
+            access_key_id=settings.get("AWS_ACCESS_KEY_ID"),
+            secret_access_key=settings.get("AWS_SECRET_ACCESS_KEY"),
+            session_token=settings.get("AWS_SESSION_TOKEN"),
+            endpoint_url=settings.get("AWS_ENDPOINT_URL"),
+            region_name=settings.get("AWS_REGION_NAME"),
+            use_ssl=None if use_ssl is None else settings.getbool("AWS_USE_SSL"),
+            verify=settings.get("AWS_VERIFY"),
+        )
+
+
+@dataclass(frozen=True)
 class Setting:
     default: Any
     doc: str
@@ -127,7 +153,24 @@ SETTINGS: dict[str, Setting] = {
     ),
     # Batch.
     "LLM_EXTRACT_SPOOL_DIR": Setting(
-        "llm_extract_spool", "Spool root, relative to the project data dir; may be shared."
+        "llm_extract_spool",
+        "Spool root, relative to the project data dir; may be shared. An s3://bucket/prefix"
+        " URI spools to object storage with Scrapy's AWS_* settings (the s3 extra).",
+    ),
+    "LLM_EXTRACT_SPOOL_STAGING_DIR": Setting(
+        "llm_extract_staging",
+        "With an s3:// spool: local folder (relative to the project data dir) where the crawl"
+        " appends before publishing, and collect-batches keeps its working copies.",
+    ),
+    "LLM_EXTRACT_SPOOL_PUBLISH_ROWS": Setting(
+        1000,
+        "With an s3:// spool: rows after which a spool file is sealed and published, so a"
+        " lost machine loses at most this many rows per run.",
+    ),
+    "LLM_EXTRACT_LEASE_TTL": Setting(
+        300.0,
+        "With an s3:// spool: seconds a collector's lease on a run lasts unless renewed; an"
+        " abandoned run is taken over after it.",
     ),
     "LLM_EXTRACT_BATCH_MAX_REQUESTS": Setting(50_000, "Rows per Batch API input file."),
     "LLM_EXTRACT_BATCH_MAX_BYTES": Setting(200_000_000, "Bytes per Batch API input file."),
@@ -351,6 +394,7 @@ class Config:
     cache_enabled: bool
     cache_dir: Path
     prices: Mapping[str, Mapping[str, float]]
+    #: The local spool root; with an s3:// spool, the crawl's staging folder.
     spool_dir: Path
     batch_max_requests: int
     batch_max_bytes: int
@@ -375,6 +419,12 @@ class Config:
     rules_audit_rate: float = 0.05
     rules_realtime_pages: int = 0
     source_info_field: str | None = None
+    #: The s3://bucket/prefix spool and how to reach it; None for a local spool.
+    spool_store: str | None = None
+    s3: S3Settings | None = None
+    spool_staging_dir: Path | None = None
+    spool_publish_rows: int = 1000
+    lease_ttl: float = 300.0
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> Config:
@@ -392,6 +442,9 @@ class Config:
         emulator_dir = get("LLM_EXTRACT_EMULATOR_DIR")
         workers = _number(settings, "LLM_EXTRACT_PREPARE_WORKERS", zero=True)
         effort = get("LLM_EXTRACT_REASONING_EFFORT")
+        spool = get("LLM_EXTRACT_SPOOL_DIR")
+        remote = isinstance(spool, str) and spool.startswith("s3://")
+        staging = _data_dir(get("LLM_EXTRACT_SPOOL_STAGING_DIR")) if remote else None
         if effort is not None and effort not in REASONING_EFFORTS:
             raise ValueError(
                 f"LLM_EXTRACT_REASONING_EFFORT must be None or one of"
@@ -425,7 +478,7 @@ class Config:
             cache_enabled=get_bool("LLM_EXTRACT_CACHE_ENABLED"),
             cache_dir=_data_dir(get("LLM_EXTRACT_CACHE_DIR")),
             prices=_prices(settings),
-            spool_dir=_data_dir(get("LLM_EXTRACT_SPOOL_DIR")),
+            spool_dir=staging / "crawl" if staging else _data_dir(spool),
             batch_max_requests=_number(settings, "LLM_EXTRACT_BATCH_MAX_REQUESTS"),
             batch_max_bytes=_number(settings, "LLM_EXTRACT_BATCH_MAX_BYTES"),
             batch_max_tokens=_number(settings, "LLM_EXTRACT_BATCH_MAX_TOKENS"),
@@ -451,4 +504,9 @@ class Config:
             rules_audit_rate=_share(settings, "LLM_EXTRACT_RULES_AUDIT_RATE"),
             rules_realtime_pages=_number(settings, "LLM_EXTRACT_RULES_REALTIME_PAGES", zero=True),
             source_info_field=_text(settings, "LLM_EXTRACT_SOURCE_INFO_FIELD", optional=True),
+            spool_store=spool.rstrip("/") if remote else None,
+            s3=S3Settings.from_settings(settings) if remote else None,
+            spool_staging_dir=staging,
+            spool_publish_rows=_number(settings, "LLM_EXTRACT_SPOOL_PUBLISH_ROWS"),
+            lease_ttl=_number(settings, "LLM_EXTRACT_LEASE_TTL", integer=False),
         )

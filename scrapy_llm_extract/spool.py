@@ -488,7 +488,14 @@ class Spool:
         self.current: SpoolFile | None = None
         self.tokens_by_model: Counter[str] = Counter()
         self.rows = 0
-        self._limits = (config.batch_max_requests, config.batch_max_bytes, config.batch_max_tokens)
+        max_rows = config.batch_max_requests
+        self.publisher = None
+        if config.spool_store:  # s3:// spool: this is the staging folder, published when sealed
+            from .publish import Publisher, open_store
+
+            self.publisher = Publisher(open_store(config), stats)
+            max_rows = min(max_rows, config.spool_publish_rows)
+        self._limits = (max_rows, config.batch_max_bytes, config.batch_max_tokens)
         self._schemas: dict[int, tuple[ExtractionSchema, str]] = {}
         self._sealed_callbacks: list[Callable[[Run, str], None]] = []
         self._held = False
@@ -589,6 +596,8 @@ class Spool:
             self.stats.inc_value("llm_extract/batch/files")
         for callback in self._sealed_callbacks:
             callback(current.run, current.name)
+        if self.publisher is not None:
+            self.publisher.publish(current.run)
 
     def close(self) -> None:
         """Seal the last file; finish the run too unless someone holds it."""
@@ -608,3 +617,5 @@ class Spool:
         self._seal()
         if self.run is not None and self.run.locked:
             self.run.finish(reason)
+        if self.publisher is not None:
+            self.publisher.publish_closed(self.config.spool_dir)

@@ -179,3 +179,24 @@ class EmulatorDir:
 @pytest.fixture
 def emulator(tmp_path):
     return EmulatorDir(tmp_path / "emulator")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A SeaweedFS S3 server on 127.0.0.1 for the session; fails (never skips) without `weed`."""
+    from tests.s3_server import start_server
+
+    try:
+        server = start_server(tmp_path_factory.mktemp("seaweedfs"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_spool(s3_server: Any, request: pytest.FixtureRequest) -> str:
+    """A fresh s3://bucket/prefix spool URI for one test."""
+    from tests.s3_server import BUCKET
+
+    return f"s3://{BUCKET}/{request.node.name.replace('[', '-').replace(']', '')}-{os.getpid()}"

@@ -140,3 +140,21 @@ def test_unknown_names_get_a_suggestion_only_when_one_is_close():
 def test_values_of_the_wrong_type_are_config_errors_naming_the_setting(name, value):
     with pytest.raises(ConfigError, match=f"^{name}"):
         make_config(**{name: value})
+
+
+def test_an_s3_spool_reads_scrapys_aws_settings_and_stages_locally(tmp_path: Path) -> None:
+    config = make_config(
+        LLM_EXTRACT_SPOOL_DIR="s3://bucket/llm/spool/",
+        LLM_EXTRACT_SPOOL_STAGING_DIR=str(tmp_path / "staging"),
+        AWS_ACCESS_KEY_ID="AKIDEXAMPLE",
+        AWS_SECRET_ACCESS_KEY="very-secret-key",
+        AWS_ENDPOINT_URL="http://127.0.0.1:9000",
+        AWS_USE_SSL="False",
+    )
+    assert config.spool_store == "s3://bucket/llm/spool"
+    assert config.spool_dir == tmp_path / "staging" / "crawl"  # where the crawl appends
+    assert config.s3 is not None
+    assert (config.s3.endpoint_url, config.s3.use_ssl) == ("http://127.0.0.1:9000", False)
+    assert "very-secret-key" not in repr(config) and "AKIDEXAMPLE" not in repr(config)
+    local = make_config(LLM_EXTRACT_SPOOL_DIR=str(tmp_path / "spool"))
+    assert (local.spool_store, local.s3, local.spool_dir) == (None, None, tmp_path / "spool")

@@ -21,6 +21,8 @@ from scrapy.utils.project import inside_project
 if TYPE_CHECKING:
     import argparse
 
+    from ..collect import CollectOptions
+
 
 class Command(ScrapyCommand):
     # Not enforced by Scrapy for entry-point commands: run() checks inside_project() itself.
@@ -125,17 +127,11 @@ class Command(ScrapyCommand):
             )
         if args:
             raise UsageError(f"unexpected arguments: {' '.join(args)}")
-        from ..collect import (
-            CollectOptions,
-            UnknownRun,
-            cancel_batches,
-            collect,
-            select_runs,
-            status_table,
-        )
+        from ..collect import CollectOptions
         from ..config import Config
 
         assert self.settings is not None
+        config = Config.from_settings(self.settings)
         options = CollectOptions(
             run_id=opts.run,
             wait=opts.wait,
@@ -145,6 +141,30 @@ class Command(ScrapyCommand):
             all_projects=opts.all_projects,
             retry_failed=opts.retry_failed,
         )
+        if config.spool_store:  # s3:// spool: work on a local copy of the runs leased
+            from ..collect.remote import StoreCollection
+
+            remote = StoreCollection(config, options)
+            try:
+                working = remote.snapshot() if opts.status else remote.claim()
+                self.settings.set("LLM_EXTRACT_SPOOL_DIR", str(working), priority="cmdline")
+                if opts.status:
+                    print(remote.status_header())
+                else:
+                    remote.keep_leases(on_lost=self._stop_crawl)
+                self._run(opts, options)
+                if not opts.status and not remote.push():
+                    self.exitcode = 1
+            finally:
+                remote.close()
+        else:
+            self._run(opts, options)
+
+    def _run(self, opts: argparse.Namespace, options: CollectOptions) -> None:
+        from ..collect import UnknownRun, cancel_batches, collect, select_runs, status_table
+        from ..config import Config
+
+        assert self.settings is not None
         try:
             select_runs(Config.from_settings(self.settings), options)
         except UnknownRun as exc:
@@ -157,3 +177,18 @@ class Command(ScrapyCommand):
             return
         assert self.crawler_process is not None
         self.exitcode = collect(self.crawler_process, options)
+
+    def _stop_crawl(self) -> None:
+        """A lease was lost (from the renewing thread): count it, stop the replay."""
+        from twisted.internet import reactor
+
+        process = self.crawler_process
+        assert process is not None
+
+        def stop() -> None:
+            for crawler in process.crawlers:
+                if crawler.stats is not None:
+                    crawler.stats.inc_value("llm_extract/collect/leases_lost")
+            process.stop()  # type: ignore[attr-defined]
+
+        reactor.callFromThread(stop)  # type: ignore[attr-defined]

@@ -1,0 +1,261 @@
+"""collect-batches on an s3:// spool: lease runs, work on a local copy, write back.
+
+The collector itself works on local run folders (:mod:`.collector`), so on a
+store this module brings it a working copy: it lists the runs in the store,
+claims each closed, uncollected run of the project with a lease
+(:mod:`..lease`), downloads its objects (ledger ``collect.sqlite`` included:
+the index travels with the run, so a collector on another machine finishes
+a run one started), renews the leases from a thread while the pass works,
+and at the end uploads what changed: new and changed files first, then the
+manifest with ``If-Match`` on the etag it downloaded. A lease lost meanwhile
+(the collector stalled past the TTL and another took over) stops the pass
+and nothing of that run is written back: its rows stay pending for the new
+holder, at least once as always.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..lease import LEASE_NAME, Lease, Leases
+from ..manifest import MANIFEST_NAME
+from ..publish import open_store
+from ..spool import LOCK_NAME, Run
+from ..store import PreconditionFailed
+from .ledger import LEDGER_NAME
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..config import Config
+    from .collector import CollectOptions
+
+logger = logging.getLogger("scrapy_llm_extract.collect")
+
+#: Files of a working copy that never go back to the store.
+LOCAL_ONLY = (LOCK_NAME, LEASE_NAME)
+
+
+@dataclass
+class Claimed:
+    lease: Lease
+    #: What was downloaded: file name -> (etag, size, mtime_ns of the local copy).
+    fetched: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+
+
+class StoreCollection:
+    """The runs of an s3:// spool this collector works on, in a local working copy."""
+
+    def __init__(self, config: Config, options: CollectOptions) -> None:
+        assert config.spool_staging_dir is not None
+        self.config = config
+        self.options = options
+        self.store = open_store(config)
+        self.leases = Leases(self.store, config.lease_ttl)
+        base = config.spool_staging_dir / "collect"
+        base.mkdir(parents=True, exist_ok=True)
+        self.workdir = Path(tempfile.mkdtemp(prefix="work-", dir=base))
+        self.claimed: dict[str, Claimed] = {}
+        self.lost: set[str] = set()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self._notes: list[str] = []
+        self._locked: list[Run] = []
+
+    # Listing -----------------------------------------------------------------------------
+
+    def run_ids(self) -> list[str]:
+        """Every run in the store with a published manifest."""
+        suffix = "/" + MANIFEST_NAME
+        return [key.removesuffix(suffix) for key in self.store.list() if key.endswith(suffix)]
+
+    def _wanted(self, manifest: dict[str, object]) -> bool:
+        if self.options.run_id and manifest.get("run_id") != self.options.run_id:
+            return False
+        if not self.options.all_projects and manifest.get("project") != self.config.project:
+            return False
+        if manifest.get("closed_at") is None and not self.options.run_id:
+            return False  # its crawl is still publishing it, or its machine is gone (--run)
+        return self.options.retry_failed or not manifest.get("collected_at")
+
+    # Working copies -----------------------------------------------------------------------
+
+    def snapshot(self) -> Path:
+        """Every run's manifest and ledger, read only (``--status``). A run that a crawl is
+        still writing or a collector holds is locked in the copy, so it shows as locked."""
+        self._notes = []
+        for run_id in self.run_ids():
+            if self.options.run_id and run_id != self.options.run_id:
+                continue
+            self._fetch(run_id, (MANIFEST_NAME, LEDGER_NAME))
+            run = Run.open(self.workdir / run_id)
+            state = self.leases.state(f"{run_id}/{LEASE_NAME}")
+            if state is not None and not state.expired:
+                self._notes.append(f"{run_id}: collecting, leased by {state.owner}")
+            elif not run.manifest.closed:
+                host = run.manifest.data.get("host")
+                self._notes.append(
+                    f"{run_id}: its crawl on {host} has not closed it: running, or it died"
+                    f" (the next crawl of this spider on {host} recovers it)"
+                )
+            else:
+                continue
+            run.try_lock()
+            self._locked.append(run)
+        return self.workdir
+
+    def status_header(self) -> str:
+        lines = [f"Spool {self.store.uri}:", *(f"  {note}" for note in self._notes)]
+        return "\n".join(lines) + "\n"
+
+    def claim(self) -> Path:
+        """Lease and download the runs to collect; the working copy's folder."""
+        for run_id in self.run_ids():
+            stored = self.store.get(f"{run_id}/{MANIFEST_NAME}")
+            if stored is None or not self._wanted(json.loads(stored.body)):
+                continue
+            lease = self.leases.claim(f"{run_id}/{LEASE_NAME}")
+            if lease is None:
+                logger.info("Skipping run %s: another collector holds its lease.", run_id)
+                continue
+            if json.loads(stored.body).get("closed_at") is None:
+                logger.warning(
+                    "Run %s was never closed by its crawl: collecting the files it published,"
+                    " as --run asks (its unpublished rows are lost with its machine).",
+                    run_id,
+                )
+            try:
+                claimed = Claimed(lease, self._fetch(run_id))
+            except BaseException:
+                self.leases.release(lease)
+                raise
+            self.claimed[run_id] = claimed
+            logger.info("Leased run %s from %s", run_id, self.store.uri)
+        return self.workdir
+
+    def _fetch(self, run_id: str, only: tuple[str, ...] = ()) -> dict[str, tuple[str, int, int]]:
+        folder = self.workdir / run_id
+        folder.mkdir(exist_ok=True)
+        fetched = {}
+        for key in self.store.list(run_id + "/"):
+            name = key[len(run_id) + 1 :]
+            if "/" in name or name in LOCAL_ONLY or (only and name not in only):
+                continue
+            stored = self.store.get(key)
+            if stored is None:
+                continue
+            path = folder / name
+            path.write_bytes(stored.body)
+            stat = path.stat()
+            fetched[name] = (stored.etag, stat.st_size, stat.st_mtime_ns)
+        return fetched
+
+    # Leases while working ---------------------------------------------------------------
+
+    def keep_leases(self, on_lost: Callable[[], None]) -> None:
+        """Renew the leases every third of the TTL from a thread; call ``on_lost`` if one is
+        taken over (this collector stalled past the TTL), once."""
+
+        def renew() -> None:
+            while not self._stop.wait(self.config.lease_ttl / 3):
+                for run_id, claimed in list(self.claimed.items()):
+                    if run_id in self.lost:
+                        continue
+                    try:
+                        kept = self.leases.renew(claimed.lease)
+                    except Exception as exc:  # the store unreachable: try again next time
+                        logger.warning("Could not renew the lease on run %s: %s", run_id, exc)
+                        continue
+                    if not kept:
+                        self._lose(run_id)
+                        on_lost()
+
+        self._renewer = threading.Thread(target=renew, name="lease-renewer", daemon=True)
+        self._renewer.start()
+
+    def _lose(self, run_id: str) -> None:
+        self.lost.add(run_id)
+        logger.error(
+            "Lost the lease on run %s: another collector took it over after this one stopped"
+            " renewing it for LLM_EXTRACT_LEASE_TTL (%.0f s). Stopping; nothing of this run"
+            " is written back, its rows stay pending for the new holder.",
+            run_id,
+            self.config.lease_ttl,
+        )
+
+    # Writing back -------------------------------------------------------------------------
+
+    def push(self) -> bool:
+        """Upload what changed in each leased run, the manifest last; False if a run could
+        not be written back (lost lease, manifest changed, store error: logged)."""
+        ok = not self.lost
+        for run_id, claimed in self.claimed.items():
+            if run_id in self.lost:
+                continue
+            try:
+                self._push_run(run_id, claimed)
+            except PreconditionFailed:
+                self._lose(run_id)
+                ok = False
+            except Exception as exc:
+                logger.error(
+                    "Could not write run %s back to %s (%s: %s); its rows stay pending and are"
+                    " delivered again by the next pass.",
+                    run_id,
+                    self.store.uri,
+                    type(exc).__name__,
+                    exc,
+                )
+                ok = False
+        return ok
+
+    def _push_run(self, run_id: str, claimed: Claimed) -> None:
+        folder = self.workdir / run_id
+        if not self.leases.renew(claimed.lease):  # still ours, right before writing
+            raise PreconditionFailed(run_id)
+        names = sorted(
+            path.name
+            for path in folder.iterdir()
+            if path.is_file() and not path.name.startswith(".") and path.name not in LOCAL_ONLY
+        )
+        manifest_etag = claimed.fetched.get(MANIFEST_NAME, ("", 0, 0))[0]
+        for name in [*(n for n in names if n != MANIFEST_NAME), MANIFEST_NAME]:
+            stat = (folder / name).stat()
+            before = claimed.fetched.get(name)
+            if before is not None and before[1:] == (stat.st_size, stat.st_mtime_ns):
+                continue
+            body = (folder / name).read_bytes()
+            if name == MANIFEST_NAME:
+                etag = self.store.put(f"{run_id}/{name}", body, if_match=manifest_etag)
+            else:
+                etag = self.store.put(f"{run_id}/{name}", body)
+            claimed.fetched[name] = (etag, stat.st_size, stat.st_mtime_ns)
+
+    def close(self) -> None:
+        """Stop renewing, release the leases, delete the working copy."""
+        self._stop.set()
+        for run in self._locked:
+            run.unlock()
+        if self._renewer is not None:
+            self._renewer.join()
+        for run_id, claimed in self.claimed.items():
+            if run_id in self.lost:
+                continue
+            try:
+                self.leases.release(claimed.lease)
+            except Exception as exc:
+                logger.warning(
+                    "Could not release the lease on run %s (%s); it expires in %.0f s.",
+                    run_id,
+                    exc,
+                    self.config.lease_ttl,
+                )
+        self.store.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
