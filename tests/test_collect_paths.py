@@ -281,6 +281,63 @@ def test_a_dead_crawls_run_is_recovered_and_every_spooled_row_delivered(tmp_path
     assert len(remote_batches(emulator.path)) == 3
 
 
+DIE_BETWEEN_SIDECAR_AND_REQUEST = """
+import os, signal
+from itemadapter import ItemAdapter
+from scrapy_llm_extract import spool
+from scrapy_llm_extract.extraction import Preparer
+from scrapy_llm_extract.items import item_record
+from tests.collect_helpers import product
+from tests.helpers import make_config
+
+config = make_config(**{settings!r})
+preparer = Preparer(config)
+writer = spool.Spool(config, spider="shop")
+for n in range({count}):
+    one = product(n)
+    writer.add(preparer.prepare(ItemAdapter(one)), item_record(one, config))
+print(writer.run.path, flush=True)
+write_all = spool._write_all
+
+def killed_before_the_request_line(fd, data):
+    if fd == writer.current._requests_fd:
+        os.kill(os.getpid(), signal.SIGKILL)
+    write_all(fd, data)
+
+spool._write_all = killed_before_the_request_line
+one = product({count})
+writer.add(preparer.prepare(ItemAdapter(one)), item_record(one, config))
+"""
+
+
+def test_a_row_whose_request_line_the_kill_cut_off_is_reported_failed_not_lost(
+    tmp_path, emulator
+):
+    # Killed between a row's two writes: its sidecar row is whole, its request row never was.
+    project = Project.create(tmp_path, LLM_EXTRACT_EMULATOR_DIR=str(emulator.path))
+    script = DIE_BETWEEN_SIDECAR_AND_REQUEST.format(settings=project.settings, count=4)
+    process = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr
+    run = Run.open(Path(process.stdout.strip()))
+    (sidecar,) = run.path.glob("items-*.jsonl")
+    assert len(sidecar.read_bytes().splitlines()) == 5
+
+    done = project.collect()
+    assert done.returncode == 1, done.stderr
+    assert delivered(project) == urls(range(4))
+    (failed,) = failures(run)
+    assert failed["url"] == "http://shop.test/product/4"
+    assert "never spooled whole" in failed["message"]
+    assert manifest(run)["collected_at"]
+    table = status_table(Settings(project.settings), CollectOptions())
+    (counts,) = parse_table(table.split("\n\n")[0])
+    assert (counts["spooled"], counts["delivered"], counts["failed"]) == ("5", "4", "1")
+    assert (counts["dropped"], counts["pending"]) == ("0", "0")
+    assert len(manifest(run)["files"]) == 1  # no empty resubmission file
+
+
 # Batches that fail validation -----------------------------------------------------------------
 
 

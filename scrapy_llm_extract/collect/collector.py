@@ -77,6 +77,13 @@ COLLECTED = "collected"
 NEVER_RAN = (BATCH_EXPIRED, MISSING)
 #: Failure kind of a row a project pipeline raised on.
 PIPELINE_ERROR = "pipeline_error"
+#: A row whose request row was never written (see spool.Run.seal_leftovers): no page to
+#: resubmit, so it fails for good at once.
+NEVER_SPOOLED = Failure(
+    "never_spooled",
+    "never spooled whole: the crawl died while writing it (its request row was never"
+    " written); crawl the page again",
+)
 REALTIME_CHUNK = 256
 PROGRESS_INTERVAL = 0.5
 #: Polls in a row a file or run may stay stuck before ``--wait`` stops waiting for it.
@@ -422,9 +429,10 @@ class Collector:
             ledger.close()
             return None
         summary = self.summaries.setdefault(run.run_id, RunSummary())
-        summary.spooled = sum(
-            entry["rows"] for entry in run.manifest.files.values() if entry["attempt"] == 1
-        )
+        summary.spooled = run.manifest.spooled_rows
+        for record in run.manifest.cut_rows:
+            if ledger.state(record["custom_id"]) != FAILED:
+                self._fail(run, ledger, record, NEVER_SPOOLED)
         return ledger
 
     def _other_endpoint(self, run: Run) -> str | None:
@@ -636,8 +644,8 @@ class Collector:
         """Write the rows waiting for a retry to a new requests file, pending submission."""
         model = self.options.escalate_model or run.manifest.files[name]["model"]
         attempt = int(run.manifest.files[name]["attempt"]) + 1
-        spool_file = run.new_file(model, attempt)
-        count = 0
+        spool_file = None
+        written: set[str] = set()
         for request in run.iter_requests(name):
             found = ledger.pending(request["custom_id"])
             if found is None or found[0] != "retry":
@@ -652,15 +660,23 @@ class Collector:
             else:
                 record["attempt"] = int(record["attempt"]) + 1
             record["model"] = model
+            if spool_file is None:
+                spool_file = run.new_file(model, attempt)
             spool_file.append(
                 request_line(request["custom_id"], dump_json(body)),
                 record,
                 int(record.get("prompt_tokens") or 0),
             )
-            count += 1
+            written.add(request["custom_id"])
+        for record in ledger.pending_records("retry", excluding=written):
+            self._fail(run, ledger, record, NEVER_SPOOLED)  # no request row to resubmit
+            ledger.drop_pending(record["custom_id"])
+        if spool_file is None:
+            return
         spool_file.seal()
         self._resubmissions.add(spool_file.name)
         ledger.settle_pending("retry", f"{RETRIED}:{name}")
+        count = len(written)
         self.summaries[run.run_id].retried += count
         self._inc("rows/retried", count)
         logger.info(
