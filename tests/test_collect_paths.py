@@ -310,9 +310,7 @@ writer.add(preparer.prepare(ItemAdapter(one)), item_record(one, config))
 """
 
 
-def test_a_row_whose_request_line_the_kill_cut_off_is_reported_failed_not_lost(
-    tmp_path, emulator
-):
+def test_a_row_whose_request_line_the_kill_cut_off_is_reported_failed_not_lost(tmp_path, emulator):
     # Killed between a row's two writes: its sidecar row is whole, its request row never was.
     project = Project.create(tmp_path, LLM_EXTRACT_EMULATOR_DIR=str(emulator.path))
     script = DIE_BETWEEN_SIDECAR_AND_REQUEST.format(settings=project.settings, count=4)
