@@ -17,7 +17,8 @@ Layout (``version`` 1)::
          "reason": null | "why it is still pending",
          "submit_token": null | "...", "submitting_at": ..., "file_id": ..., "batch_id": ...,
          "submitted_at": ..., "failed_batches": [{"batch_id": ..., "reason": ...}]}},
-     "cut_rows": [<sidecar row whose request row a killed writer never wrote>, ...]}
+     "cut_rows": [<sidecar row whose request row a killed writer never wrote>, ...],
+     "collected_at": ..., "files_to_delete": [<OpenAI file id not deleted yet>, ...]}
 
 Keys are the final file names (``.jsonl``), also while a file is still being
 written as ``.part``. Collect may add statuses and keys of its own; the

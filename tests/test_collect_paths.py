@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -418,23 +419,39 @@ def test_keep_remote_files_keeps_input_output_and_error_files(tmp_path, emulator
     assert remote_files(emulator.path) == kept
 
 
-def test_a_failed_delete_loses_no_item_and_delivers_none_twice(tmp_path, emulator):
+def stat(process: subprocess.CompletedProcess[str], name: str) -> int | None:
+    """A stat of a command's closing stats dump (None: not set)."""
+    found = re.search(rf"'llm_extract/collect/{re.escape(name)}': (\d+)", process.stderr)
+    return int(found.group(1)) if found else None
+
+
+def test_a_failed_delete_is_counted_remembered_and_retried_by_the_next_collection(
+    tmp_path, emulator
+):
     with ApiFront(emulator.path, delete_status=500) as front:
         project = fronted_project(tmp_path, front, LLM_EXTRACT_MAX_RETRIES=0)
         run = project.spool([product(n) for n in range(4)])
-        project.collect()
-        assert any(method == "DELETE" for method, _ in front.requests)
+        done = project.collect()
+        assert done.returncode == 0, done.stderr
         assert delivered(project) == urls(range(4))
         assert failures(run) == []
         assert manifest(run)["collected_at"]
         (batch,) = remote_batches(emulator.path)
         (entry,) = manifest(run)["files"].values()
-        assert remote_files(emulator.path) == {entry["file_id"], batch.output_file_id}
+        leaked = {entry["file_id"], batch.output_file_id}
+        assert remote_files(emulator.path) == leaked
+        assert set(manifest(run)["files_to_delete"]) == leaked
+        assert stat(done, "remote_files/delete_failed") == 2
+        assert "the next scrapy collect-batches deletes it" in done.stderr
 
         front.delete_status = None
         again = project.collect(feed="again.jsonl")
         assert again.returncode == 0, again.stderr
         assert project.items("again.jsonl") == []
+        assert remote_files(emulator.path) == set()
+        assert manifest(run)["files_to_delete"] == []
+        assert stat(again, "remote_files/deleted") == 2
+        assert stat(again, "remote_files/delete_failed") is None
 
 
 # --cancel and --run ---------------------------------------------------------------------------

@@ -73,6 +73,8 @@ logger = logging.getLogger("scrapy_llm_extract.collect")
 STATS_PREFIX = "llm_extract/collect"
 #: Manifest status of a file whose every row is accounted for.
 COLLECTED = "collected"
+#: Manifest key: OpenAI files of a collected run still to delete.
+FILES_TO_DELETE = "files_to_delete"
 #: Rows that never ran: resubmitting them does not use up one of their attempts.
 NEVER_RAN = (BATCH_EXPIRED, MISSING)
 #: Failure kind of a row a project pipeline raised on.
@@ -347,6 +349,7 @@ class Collector:
         project = None if self.options.all_projects else self.config.project
         for dead in claim_dead_runs(self.config.spool_dir, project=project):
             dead.finish("recovered by collect-batches")
+        await self._delete_leftover_files()
         while True:
             busy = False
             for run, ledger in self._claim_runs():
@@ -390,13 +393,17 @@ class Collector:
         return [pair for pair in self._runs.values() if not self.summaries[pair[0].run_id].done]
 
     def _wanted(self, run: Run) -> bool:
-        if self.options.run_id and run.run_id != self.options.run_id:
-            return False
-        if not self.options.all_projects and run.manifest.data.get("project") != (
-            self.config.project
-        ):
+        if not self._ours(run):
             return False
         return self.options.retry_failed or not run.manifest.data.get("collected_at")
+
+    def _ours(self, run: Run) -> bool:
+        """The run is of this project (or any, if asked) and the ``--run`` asked for."""
+        if self.options.run_id and run.run_id != self.options.run_id:
+            return False
+        return self.options.all_projects or run.manifest.data.get("project") == (
+            self.config.project
+        )
 
     def _open(self, run: Run) -> Ledger | None:
         """Prepare a locked run: recover unlisted files, reset an interrupted pass."""
@@ -733,27 +740,59 @@ class Collector:
         return items
 
     async def _finish_run(self, run: Run, ledger: Ledger) -> None:
-        """Mark the run collected; delete its OpenAI files unless asked to keep them."""
+        """Mark the run collected; delete its OpenAI files unless asked to keep them.
+
+        The files to delete are saved with ``collected_at``, in one manifest write, and
+        stay listed until deleted: a failed delete or a kill leaks nothing for good.
+        """
         run.manifest.data["collected_at"] = utc_now()
+        if not self.config.keep_remote_files:
+            file_ids = {entry.get("file_id") for entry in run.manifest.files.values()}
+            for batch in ledger.batches():
+                file_ids.update((batch.get("output_file_id"), batch.get("error_file_id")))
+            run.manifest.data[FILES_TO_DELETE] = sorted(filter(None, file_ids))
         run.manifest.save()
         self._inc("runs/done")
         logger.info("Run %s collected.", run.run_id)
-        if self.config.keep_remote_files:
-            return
-        file_ids = {entry.get("file_id") for entry in run.manifest.files.values()}
-        for batch in ledger.batches():
-            file_ids.update((batch.get("output_file_id"), batch.get("error_file_id")))
-        for file_id in sorted(filter(None, file_ids)):
+        await self._delete_remote_files(run)
+
+    async def _delete_remote_files(self, run: Run) -> None:
+        """Delete the OpenAI files the locked run's manifest lists; keep listed those that fail."""
+        left = []
+        for file_id in run.manifest.data.get(FILES_TO_DELETE) or []:
             try:
                 await self.polling.policy.call(partial(self.client.files.delete, file_id))
             except openai.NotFoundError:
                 pass
             except openai.OpenAIError as exc:
+                left.append(file_id)
+                self._inc("remote_files/delete_failed")
                 logger.warning(
-                    "Could not delete OpenAI file %s: %s",
+                    "Could not delete OpenAI file %s of run %s (%s); it stays listed in the"
+                    " run's manifest and the next scrapy collect-batches deletes it.",
                     file_id,
+                    run.run_id,
                     redact(str(exc), self.client.api_key),
                 )
+                continue
+            self._inc("remote_files/deleted")
+        if left or run.manifest.data.get(FILES_TO_DELETE):
+            run.manifest.data[FILES_TO_DELETE] = left
+            run.manifest.save()
+
+    async def _delete_leftover_files(self) -> None:
+        """Retry the deletes that failed when earlier collections finished their runs."""
+        for run in list_runs(self.config.spool_dir):
+            if not (self._ours(run) and run.manifest.data.get(FILES_TO_DELETE)):
+                continue
+            if not run.try_lock():
+                continue
+            try:
+                run.reload()
+                if run.manifest.data.get("collected_at"):
+                    await self._delete_remote_files(run)
+            finally:
+                run.unlock()
 
     # Accounting -----------------------------------------------------------------------------
 
