@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx2
 import openai
+import pytest
 from scrapy.settings import Settings
 
 from scrapy_llm_extract.collect import CollectOptions, status_table
@@ -65,13 +66,15 @@ class Project:
     def spool(self, items: list[Any]) -> Run:
         return spool(self.settings, items)
 
-    def collect(self, *args: str, feed: str = "items.jsonl") -> subprocess.CompletedProcess[str]:
-        """``scrapy collect-batches ARGS -O FEED``, to its end."""
-        return self.scrapy("collect-batches", *args, "-O", feed)
+    def collect(
+        self, *args: str, feed: str = "items.jsonl", **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        """``scrapy collect-batches ARGS -O FEED``, to its end (``env``: more variables)."""
+        return self.scrapy("collect-batches", *args, "-O", feed, **env)
 
-    def scrapy(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def scrapy(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         paths = [str(self.path), str(ROOT), os.environ.get("PYTHONPATH", "")]
-        environ = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+        environ = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
         environ.pop("SCRAPY_SETTINGS_MODULE", None)
         return subprocess.run(
             [sys.executable, "-m", "scrapy", *args],
@@ -131,12 +134,15 @@ class ApiFront:
     - ``delete_status``: answer every ``DELETE /v1/files/{id}`` with this error status;
     - ``create_answers_current``: answer ``POST /v1/batches`` with the batch as a read right
       after creation shows it (the emulator answers "validating" whatever follows; the real
-      API may answer "failed" at once).
+      API may answer "failed" at once);
+    - ``refuse_key_on``: answer this ``(method, path)`` with OpenAI's 401, which quotes the
+      key of the request's Authorization header (whole, and masked as OpenAI masks it).
     """
 
     state_dir: Path
     delete_status: int | None = None
     create_answers_current: bool = False
+    refuse_key_on: tuple[str, str] | None = None
     requests: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -180,6 +186,14 @@ class ApiFront:
                 {"content-type": "application/json"},
                 json.dumps(error).encode(),
             )
+        if (request.method, request.path.rstrip("/")) == self.refuse_key_on:
+            key = request.headers.get("authorization", "").removeprefix("Bearer ")
+            message = (
+                f"Incorrect API key provided: {key[:8]}{'*' * 20}{key[-4:]}. You can find your"
+                f" API key at https://platform.openai.com/account/api-keys. (sent: {key})"
+            )
+            error = {"error": {"message": message, "type": "invalid_request_error"}}
+            return 401, {"content-type": "application/json"}, json.dumps(error).encode()
         response = self.emulator.handle(request)
         if (
             self.create_answers_current
@@ -452,6 +466,38 @@ def test_a_failed_delete_is_counted_remembered_and_retried_by_the_next_collectio
         assert manifest(run)["files_to_delete"] == []
         assert stat(again, "remote_files/deleted") == 2
         assert stat(again, "remote_files/delete_failed") is None
+
+
+# Key hygiene ----------------------------------------------------------------------------------
+
+#: A key as read from a mounted secret file: with its trailing newline.
+SECRET_KEY = "sk-hygiene0123456789abcdefSECRET\n"
+
+
+@pytest.mark.parametrize("refused", ["/v1/files", "/v1/batches"])
+def test_the_api_key_is_in_no_manifest_log_stat_or_failure_when_the_api_quotes_it(
+    tmp_path, emulator, refused
+):
+    with ApiFront(emulator.path, refuse_key_on=("POST", refused)) as front:
+        project = Project.create(
+            tmp_path, LLM_EXTRACT_BASE_URL=front.base_url, LLM_EXTRACT_MAX_ATTEMPTS=1
+        )
+        run = project.spool([product(n) for n in range(3)])
+        done = project.collect("--wait", "--poll-interval", "0.01", OPENAI_API_KEY=SECRET_KEY)
+    # The key reached the API stripped (the 401 came back, not an illegal header error) ...
+    assert ("POST", refused) in front.requests
+    assert done.returncode == 1, done.stderr
+    (entry,) = manifest(run)["files"].values()
+    assert "Incorrect API key provided: [API key]" in entry["reason"]
+    # ... and neither it nor OpenAI's masked form of it is written anywhere.
+    secret = SECRET_KEY.strip().removeprefix("sk-")
+    written = [done.stdout, done.stderr] + [
+        path.read_text(errors="replace") for path in run.path.iterdir() if path.is_file()
+    ]
+    assert "Incorrect API key provided" in done.stderr
+    for text in written:
+        assert secret[:5] not in text
+        assert secret[-4:] not in text
 
 
 # --cancel and --run ---------------------------------------------------------------------------

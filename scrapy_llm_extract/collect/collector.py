@@ -458,7 +458,7 @@ class Collector:
     async def _collect_run(self, run: Run, ledger: Ledger) -> AsyncIterator[Any]:
         runs = [pair[0] for pair in self._runs.values()]
         await self.polling.submitter.reconcile(run)
-        await self.polling.submit_pending(runs, run)
+        self._submitted(run, await self.polling.submit_pending(runs, run))
         self._unstick(run.run_id, "")
         for name in run.manifest.with_status(SUBMITTED):
             if (run.run_id, name) in self._joined:
@@ -482,7 +482,7 @@ class Collector:
             except FAULTS as exc:
                 self._stick(run, name, exc)
         if self._resubmissions:  # files refused for the quota wait for the next pass
-            await self.polling.submit_pending(runs, run, self._resubmissions)
+            self._submitted(run, await self.polling.submit_pending(runs, run, self._resubmissions))
             self._resubmissions.clear()
         self.summaries[run.run_id].done = all(
             entry["status"] == COLLECTED
@@ -490,6 +490,14 @@ class Collector:
             or self._gave_up(run.run_id, name)
             for name, entry in run.manifest.files.items()
         )
+
+    def _submitted(self, run: Run, tried: dict[str, str | None]) -> None:
+        """A file whose upload or batch creation failed is stuck until one gets through."""
+        for name, reason in tried.items():
+            if reason is None:
+                self._unstick(run.run_id, name)
+            else:
+                self._stick_reason(run.run_id, name, reason)
 
     async def _final_batch(self, run: Run, ledger: Ledger, name: str) -> Any:
         """The file's batch once final with its results in the ledger; None while not."""
