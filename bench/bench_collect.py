@@ -1,6 +1,6 @@
 """Collecting a completed batch: rows per second and peak memory against row count.
 
-Run: ``python bench/bench_collect.py [--rows 50000] [--small 10000]``
+Run: ``python bench/bench_collect.py [--rows 50000] [--small 10000] [--repeat 3]``
 
 Setup (not timed): ``--rows`` items are spooled, submitted to the in-process
 emulator and answered, and the run folder and emulator state are saved; the
@@ -16,7 +16,9 @@ subprocess on a fresh copy, so its peak resident memory (Linux ``VmHWM``) is its
 
 Figures are rates and ratios against the baselines of the same run (parsing, and
 Scrapy's own replay rate: the ceiling for any replay), and the peak memory of each
-mode at ``--rows`` over ``--small``.
+mode at ``--rows`` over ``--small``. Each mode is measured ``--repeat`` times, the
+modes taking turns, and its fastest time is kept: on a shared machine the load of the
+moment otherwise decides the ratio (single runs of the same code gave 0.58 and 0.86).
 """
 
 from __future__ import annotations
@@ -182,6 +184,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--small", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per mode (best kept)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -195,7 +198,13 @@ def main() -> None:
             prepared = Path(tmp) / str(rows)
             print(f"Preparing a completed {rows}-row batch ...", file=sys.stderr)
             prepare(prepared, rows)
-            results[rows] = {mode: measure(mode, prepared, rows) for mode in modes}
+            results[rows] = {}
+            for _ in range(args.repeat):
+                for mode in modes:
+                    result = measure(mode, prepared, rows)
+                    best = results[rows].get(mode)
+                    if best is None or result["seconds"] < best["seconds"]:
+                        results[rows][mode] = result
     big, small = results[args.rows], results[args.small]
     base_rate = args.rows / big["parse"]["seconds"]
     scrapy_rate = args.rows / big["scrapy"]["seconds"]

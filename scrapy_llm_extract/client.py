@@ -25,8 +25,9 @@ EMULATOR_BASE_URL = "http://emulator.invalid/v1"
 EMULATOR_API_KEY = "sk-emulator"
 
 
-#: What an OpenAI-style secret key looks like, whole or cut short in a server's message.
-_KEY_PATTERN = re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}")
+#: What an OpenAI-style secret key looks like, whole, cut short or masked as OpenAI's 401
+#: quotes it ("sk-abc12***...wxyz": its first and last characters are the key's own).
+_KEY_PATTERN = re.compile(r"\bsk-[A-Za-z0-9_\-*.\u2026]{6,}")
 
 
 def api_key(config: Config) -> str | None:

@@ -9,6 +9,7 @@ pipelines as if the crawl had produced it.
 from __future__ import annotations
 
 import base64
+import functools
 import inspect
 import logging
 from collections.abc import Mapping
@@ -141,17 +142,37 @@ def item_record(item: Any, config: Config) -> dict[str, Any]:
     return {"item_class": class_path(item), "fields": fields}
 
 
-def _required_parameters(cls: type) -> list[str]:
+def _required_parameters(cls: type) -> tuple[str, ...]:
     """Constructor arguments without a default (a dataclass's ``html: str``, say)."""
     try:
         parameters = inspect.signature(cls).parameters.values()
     except (TypeError, ValueError):
-        return []
-    return [
+        return ()
+    return tuple(
         p.name
         for p in parameters
         if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ]
+    )
+
+
+@functools.cache
+def _item_class(path: str) -> tuple[type, tuple[str, ...]] | None:
+    """The class at ``path`` and its required arguments; None (said once) when not importable.
+
+    Once per class path: the import and the signature cost more than the rest of a
+    rebuild, and collect-batches rebuilds every row of a run.
+    """
+    module, _, qualname = path.partition(":")
+    try:
+        cls = load_object(f"{module}.{qualname}")
+    except (ImportError, AttributeError, ValueError, NameError):
+        logger.warning(
+            "Item class %s cannot be imported here; rebuilding its items as dicts. Run"
+            " scrapy collect-batches from the project that crawled them.",
+            path,
+        )
+        return None
+    return cls, _required_parameters(cls)
 
 
 def rebuild_item(record: Mapping[str, Any]) -> Any:
@@ -162,19 +183,11 @@ def rebuild_item(record: Mapping[str, Any]) -> Any:
     """
     fields = _from_record(dict(record.get("fields") or {}))
     path = record.get("item_class") or "builtins:dict"
-    module, _, qualname = path.partition(":")
-    try:
-        cls = load_object(f"{module}.{qualname}")
-    except (ImportError, AttributeError, ValueError, NameError):
-        logger.warning(
-            "Item class %s cannot be imported here; rebuilding the item as a dict. Run"
-            " scrapy collect-batches from the project that crawled it.",
-            path,
-        )
+    found = _item_class(path)
+    if found is None or found[0] is dict:
         return fields
-    if cls is dict:
-        return fields
-    missing = {name: None for name in _required_parameters(cls) if name not in fields}
+    cls, required = found
+    missing = {name: None for name in required if name not in fields}
     try:
         return cls(**fields, **missing)
     except (TypeError, KeyError, ValueError) as exc:

@@ -16,7 +16,9 @@ Layout (``version`` 1)::
          "status": "open" | "pending" | "submitting" | "submitted" | <collect's own>,
          "reason": null | "why it is still pending",
          "submit_token": null | "...", "submitting_at": ..., "file_id": ..., "batch_id": ...,
-         "submitted_at": ..., "failed_batches": [{"batch_id": ..., "reason": ...}]}}}
+         "submitted_at": ..., "failed_batches": [{"batch_id": ..., "reason": ...}]}},
+     "cut_rows": [<sidecar row whose request row a killed writer never wrote>, ...],
+     "collected_at": ..., "files_to_delete": [<OpenAI file id not deleted yet>, ...]}
 
 Keys are the final file names (``.jsonl``), also while a file is still being
 written as ``.part``. Collect may add statuses and keys of its own; the
@@ -159,6 +161,21 @@ class Manifest:
         """``{"name": ..., "schema": {...}}`` as the sidecar's ``schema`` key names it."""
         entry: dict[str, Any] = self.data["schemas"][key]
         return entry
+
+    @property
+    def cut_rows(self) -> list[dict[str, Any]]:
+        """Sidecar rows cut off by a writer killed between a row's two writes (recovery)."""
+        rows: list[dict[str, Any]] = self.data.setdefault("cut_rows", [])
+        return rows
+
+    @property
+    def spooled_rows(self) -> int:
+        """Rows the crawl spooled: first-attempt files, and first-attempt rows cut off."""
+        listed = sum(entry["rows"] for entry in self.files.values() if entry["attempt"] == 1)
+        cut = sum(
+            1 for row in self.cut_rows if row.get("attempt") == 1 and not row.get("resubmitted")
+        )
+        return listed + cut
 
     def with_status(self, *statuses: str) -> list[str]:
         return sorted(name for name, entry in self.files.items() if entry["status"] in statuses)

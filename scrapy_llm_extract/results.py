@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .schema import validation_errors
+from .schema import conforms, validation_errors
 
 # Failure kinds. Extraction failures (the model answered, but not usefully):
 REFUSAL = "refusal"
@@ -100,8 +100,7 @@ def parse_completion(body: Mapping[str, Any], schema: Mapping[str, Any]) -> Outc
         fields = json.loads(content)
     except ValueError as exc:
         return Failure(INVALID_JSON, f"the answer is not JSON ({exc})", usage)
-    errors = validation_errors(fields, schema)
-    if errors:
+    if not conforms(fields, schema) and (errors := validation_errors(fields, schema)):
         return Failure(
             SCHEMA_MISMATCH, "the answer breaks the schema: " + "; ".join(errors[:3]), usage
         )

@@ -34,7 +34,9 @@ ignore a last line without its newline. A run is *live* while its lock is
 held; a run whose manifest is not closed and whose lock is free is *dead*:
 :func:`claim_dead_runs` locks it and :meth:`Run.seal_leftovers` truncates its
 partial lines and renames its ``.part`` files, after which its files are
-ordinary pending files. Only the lock holder writes the manifest.
+ordinary pending files; a sidecar row whose request row was never written is
+moved to the manifest's ``cut_rows`` and reported failed by collect-batches.
+Only the lock holder writes the manifest.
 
 Reader API (collect-batches): :func:`list_runs`, :func:`claim_dead_runs`,
 :class:`Run` (``open``, ``try_lock``, ``unlock``, ``is_live``, ``manifest``,
@@ -61,7 +63,7 @@ from scrapy.utils.serialize import ScrapyJSONEncoder
 
 from .config import Config
 from .extraction import ExtractionSchema, Prepared
-from .manifest import MANIFEST_NAME, OPEN, PENDING, Manifest, fsync_dir
+from .manifest import MANIFEST_NAME, OPEN, PENDING, Manifest, fsync_dir, write_atomic
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -368,6 +370,7 @@ class Run:
             sidecar = self.path / sidecar_name(name)
             if sidecar.exists():
                 _truncate_partial_line(sidecar)
+                self._cut_unsent_rows(part, sidecar)
             if self._list_file(part, name, "sealed after the crawl died"):
                 os.replace(part, self.path / name)
             else:
@@ -385,6 +388,34 @@ class Run:
         fsync_dir(self.path)
         self.manifest.save()
         return [name for name in sealed if name in self.manifest.files]
+
+    def _cut_unsent_rows(self, requests: Path, sidecar: Path) -> None:
+        """Move sidecar rows without a request row (the writer was killed between a row's two
+        writes) to the manifest's ``cut_rows``: the request is lost with the page, so
+        collect-batches reports them failed rather than resubmitting what was never written.
+        Saved to the manifest before the sidecar is rewritten: a second kill loses nothing."""
+        sent = {row["custom_id"] for row in read_lines(requests)}
+        kept: list[bytes] = []
+        cut: list[dict[str, Any]] = []
+        for line, row in _lines_with_bytes(sidecar):
+            if row["custom_id"] in sent:
+                kept.append(line)
+            else:
+                cut.append(row)
+        if not cut:
+            return
+        known = {row["custom_id"] for row in self.manifest.cut_rows}
+        self.manifest.cut_rows.extend(row for row in cut if row["custom_id"] not in known)
+        self.manifest.save()
+        write_atomic(sidecar, b"".join(kept))
+        logger.warning(
+            "Run %s: %d row(s) never spooled whole (%s): the crawl died while writing them;"
+            " collect-batches reports them in %s. Crawl these pages again.",
+            self.run_id,
+            len(cut),
+            ", ".join(str(row.get("url")) for row in cut),
+            FAILURES_NAME,
+        )
 
     def _list_file(self, path: Path, name: str, reason: str) -> bool:
         """Record the requests file at ``path`` as pending with its counts; False if empty."""

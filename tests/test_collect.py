@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
@@ -502,3 +503,27 @@ async def test_a_half_written_spool_line_stops_only_its_run(tmp_path, emulator, 
     assert Run.open(fine.path).manifest.data["collected_at"]
     assert not Run.open(broken.path).manifest.data.get("collected_at")
     assert ledger(crawler)["pending"] >= 1
+
+
+@deferred_f_from_coro_f
+async def test_a_sidecar_row_without_its_request_row_fails_instead_of_an_empty_resubmission(
+    tmp_path, emulator
+):
+    # A run recovered by an older version kept such a row in a sealed file's sidecar.
+    conf = settings(tmp_path, emulator)
+    run = spool(conf, [product(n) for n in range(3)])
+    sidecar = run.path / "items-0001.jsonl"
+    orphan = json.loads(sidecar.read_bytes().splitlines()[-1])
+    orphan.update(custom_id="never-written-1", url="http://shop.test/product/9")
+    with open(sidecar, "a") as f:
+        f.write(json.dumps(orphan) + "\n")
+
+    crawler = await collect(conf)
+    assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls(range(3))
+    (failed,) = failures(run)
+    assert (failed["url"], failed["kind"]) == ("http://shop.test/product/9", "never_spooled")
+    assert stat(crawler, "rows/failed/never_spooled") == 1
+    assert stat(crawler, "rows/retried") is None
+    data = Run.open(run.path).manifest.data
+    assert list(data["files"]) == ["requests-0001.jsonl"]  # no empty resubmission file
+    assert data["collected_at"]

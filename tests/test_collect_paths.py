@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from typing import Any
 
 import httpx2
 import openai
+import pytest
 from scrapy.settings import Settings
 
 from scrapy_llm_extract.collect import CollectOptions, status_table
@@ -64,13 +66,15 @@ class Project:
     def spool(self, items: list[Any]) -> Run:
         return spool(self.settings, items)
 
-    def collect(self, *args: str, feed: str = "items.jsonl") -> subprocess.CompletedProcess[str]:
-        """``scrapy collect-batches ARGS -O FEED``, to its end."""
-        return self.scrapy("collect-batches", *args, "-O", feed)
+    def collect(
+        self, *args: str, feed: str = "items.jsonl", **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        """``scrapy collect-batches ARGS -O FEED``, to its end (``env``: more variables)."""
+        return self.scrapy("collect-batches", *args, "-O", feed, **env)
 
-    def scrapy(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def scrapy(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         paths = [str(self.path), str(ROOT), os.environ.get("PYTHONPATH", "")]
-        environ = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+        environ = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
         environ.pop("SCRAPY_SETTINGS_MODULE", None)
         return subprocess.run(
             [sys.executable, "-m", "scrapy", *args],
@@ -130,12 +134,15 @@ class ApiFront:
     - ``delete_status``: answer every ``DELETE /v1/files/{id}`` with this error status;
     - ``create_answers_current``: answer ``POST /v1/batches`` with the batch as a read right
       after creation shows it (the emulator answers "validating" whatever follows; the real
-      API may answer "failed" at once).
+      API may answer "failed" at once);
+    - ``refuse_key_on``: answer this ``(method, path)`` with OpenAI's 401, which quotes the
+      key of the request's Authorization header (whole, and masked as OpenAI masks it).
     """
 
     state_dir: Path
     delete_status: int | None = None
     create_answers_current: bool = False
+    refuse_key_on: tuple[str, str] | None = None
     requests: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -179,6 +186,14 @@ class ApiFront:
                 {"content-type": "application/json"},
                 json.dumps(error).encode(),
             )
+        if (request.method, request.path.rstrip("/")) == self.refuse_key_on:
+            key = request.headers.get("authorization", "").removeprefix("Bearer ")
+            message = (
+                f"Incorrect API key provided: {key[:8]}{'*' * 20}{key[-4:]}. You can find your"
+                f" API key at https://platform.openai.com/account/api-keys. (sent: {key})"
+            )
+            error = {"error": {"message": message, "type": "invalid_request_error"}}
+            return 401, {"content-type": "application/json"}, json.dumps(error).encode()
         response = self.emulator.handle(request)
         if (
             self.create_answers_current
@@ -281,6 +296,61 @@ def test_a_dead_crawls_run_is_recovered_and_every_spooled_row_delivered(tmp_path
     assert len(remote_batches(emulator.path)) == 3
 
 
+DIE_BETWEEN_SIDECAR_AND_REQUEST = """
+import os, signal
+from itemadapter import ItemAdapter
+from scrapy_llm_extract import spool
+from scrapy_llm_extract.extraction import Preparer
+from scrapy_llm_extract.items import item_record
+from tests.collect_helpers import product
+from tests.helpers import make_config
+
+config = make_config(**{settings!r})
+preparer = Preparer(config)
+writer = spool.Spool(config, spider="shop")
+for n in range({count}):
+    one = product(n)
+    writer.add(preparer.prepare(ItemAdapter(one)), item_record(one, config))
+print(writer.run.path, flush=True)
+write_all = spool._write_all
+
+def killed_before_the_request_line(fd, data):
+    if fd == writer.current._requests_fd:
+        os.kill(os.getpid(), signal.SIGKILL)
+    write_all(fd, data)
+
+spool._write_all = killed_before_the_request_line
+one = product({count})
+writer.add(preparer.prepare(ItemAdapter(one)), item_record(one, config))
+"""
+
+
+def test_a_row_whose_request_line_the_kill_cut_off_is_reported_failed_not_lost(tmp_path, emulator):
+    # Killed between a row's two writes: its sidecar row is whole, its request row never was.
+    project = Project.create(tmp_path, LLM_EXTRACT_EMULATOR_DIR=str(emulator.path))
+    script = DIE_BETWEEN_SIDECAR_AND_REQUEST.format(settings=project.settings, count=4)
+    process = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr
+    run = Run.open(Path(process.stdout.strip()))
+    (sidecar,) = run.path.glob("items-*.jsonl")
+    assert len(sidecar.read_bytes().splitlines()) == 5
+
+    done = project.collect()
+    assert done.returncode == 1, done.stderr
+    assert delivered(project) == urls(range(4))
+    (failed,) = failures(run)
+    assert failed["url"] == "http://shop.test/product/4"
+    assert "never spooled whole" in failed["message"]
+    assert manifest(run)["collected_at"]
+    table = status_table(Settings(project.settings), CollectOptions())
+    (counts,) = parse_table(table.split("\n\n")[0])
+    assert (counts["spooled"], counts["delivered"], counts["failed"]) == ("5", "4", "1")
+    assert (counts["dropped"], counts["pending"]) == ("0", "0")
+    assert len(manifest(run)["files"]) == 1  # no empty resubmission file
+
+
 # Batches that fail validation -----------------------------------------------------------------
 
 
@@ -363,23 +433,71 @@ def test_keep_remote_files_keeps_input_output_and_error_files(tmp_path, emulator
     assert remote_files(emulator.path) == kept
 
 
-def test_a_failed_delete_loses_no_item_and_delivers_none_twice(tmp_path, emulator):
+def stat(process: subprocess.CompletedProcess[str], name: str) -> int | None:
+    """A stat of a command's closing stats dump (None: not set)."""
+    found = re.search(rf"'llm_extract/collect/{re.escape(name)}': (\d+)", process.stderr)
+    return int(found.group(1)) if found else None
+
+
+def test_a_failed_delete_is_counted_remembered_and_retried_by_the_next_collection(
+    tmp_path, emulator
+):
     with ApiFront(emulator.path, delete_status=500) as front:
         project = fronted_project(tmp_path, front, LLM_EXTRACT_MAX_RETRIES=0)
         run = project.spool([product(n) for n in range(4)])
-        project.collect()
-        assert any(method == "DELETE" for method, _ in front.requests)
+        done = project.collect()
+        assert done.returncode == 0, done.stderr
         assert delivered(project) == urls(range(4))
         assert failures(run) == []
         assert manifest(run)["collected_at"]
         (batch,) = remote_batches(emulator.path)
         (entry,) = manifest(run)["files"].values()
-        assert remote_files(emulator.path) == {entry["file_id"], batch.output_file_id}
+        leaked = {entry["file_id"], batch.output_file_id}
+        assert remote_files(emulator.path) == leaked
+        assert set(manifest(run)["files_to_delete"]) == leaked
+        assert stat(done, "remote_files/delete_failed") == 2
+        assert "the next scrapy collect-batches deletes it" in done.stderr
 
         front.delete_status = None
         again = project.collect(feed="again.jsonl")
         assert again.returncode == 0, again.stderr
         assert project.items("again.jsonl") == []
+        assert remote_files(emulator.path) == set()
+        assert manifest(run)["files_to_delete"] == []
+        assert stat(again, "remote_files/deleted") == 2
+        assert stat(again, "remote_files/delete_failed") is None
+
+
+# Key hygiene ----------------------------------------------------------------------------------
+
+#: A key as read from a mounted secret file: with its trailing newline.
+SECRET_KEY = "sk-hygiene0123456789abcdefSECRET\n"
+
+
+@pytest.mark.parametrize("refused", ["/v1/files", "/v1/batches"])
+def test_the_api_key_is_in_no_manifest_log_stat_or_failure_when_the_api_quotes_it(
+    tmp_path, emulator, refused
+):
+    with ApiFront(emulator.path, refuse_key_on=("POST", refused)) as front:
+        project = Project.create(
+            tmp_path, LLM_EXTRACT_BASE_URL=front.base_url, LLM_EXTRACT_MAX_ATTEMPTS=1
+        )
+        run = project.spool([product(n) for n in range(3)])
+        done = project.collect("--wait", "--poll-interval", "0.01", OPENAI_API_KEY=SECRET_KEY)
+    # The key reached the API stripped (the 401 came back, not an illegal header error) ...
+    assert ("POST", refused) in front.requests
+    assert done.returncode == 1, done.stderr
+    (entry,) = manifest(run)["files"].values()
+    assert "Incorrect API key provided: [API key]" in entry["reason"]
+    # ... and neither it nor OpenAI's masked form of it is written anywhere.
+    secret = SECRET_KEY.strip().removeprefix("sk-")
+    written = [done.stdout, done.stderr] + [
+        path.read_text(errors="replace") for path in run.path.iterdir() if path.is_file()
+    ]
+    assert "Incorrect API key provided" in done.stderr
+    for text in written:
+        assert secret[:5] not in text
+        assert secret[-4:] not in text
 
 
 # --cancel and --run ---------------------------------------------------------------------------

@@ -80,7 +80,8 @@ def test_record_round_trip_keeps_the_class_and_leaves_the_page_out():
 def test_unimportable_or_changed_classes_come_back_as_dicts(caplog):
     record = {"item_class": "nowhere.module:Gone", "fields": {"title": "T"}}
     assert rebuild_item(record) == {"title": "T"}
-    assert "cannot be imported" in caplog.text
+    assert rebuild_item(record) == {"title": "T"}
+    assert caplog.text.count("cannot be imported") == 1  # said once per class, not per row
     changed = {"item_class": class_path(Product()), "fields": {"title": "T", "removed": 1}}
     assert rebuild_item(changed) == {"title": "T", "removed": 1}
     assert rebuild_item({"item_class": "builtins:dict", "fields": {"a": 1}}) == {"a": 1}

@@ -7,6 +7,7 @@ import scrapy
 
 from scrapy_llm_extract.schema import (
     SchemaError,
+    conforms,
     item_class_schema,
     response_format,
     schema_name,
@@ -148,3 +149,47 @@ def test_validation_errors():
     assert "$.tags[0]: expected string, got int" in errors
     assert validation_errors({"title": "x"}, schema) == ["$: missing 'price'", "$: missing 'tags'"]
     assert validation_errors([], schema) == ["$: expected object, got list"]
+
+
+def test_the_compiled_check_agrees_with_validation_errors():
+    schema = strict_schema(item_class_schema(DataclassProduct), exclude=INPUTS)
+    enum = {"type": "object", "properties": {"a": {"enum": ["x", 1]}}, "required": ["a"]}
+    nested = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["rows"],
+        "properties": {
+            "rows": {
+                "type": "array",
+                "items": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+            }
+        },
+    }
+    values = [
+        {"title": "Mug", "price": 3, "tags": ["a"]},
+        {"title": None, "price": None, "tags": None},
+        {"title": 1, "price": True, "tags": [2], "extra": 1},
+        {"title": "x"},
+        {"title": "x", "price": 2.5, "tags": []},
+        {"title": "x", "price": False, "tags": []},
+        {"title": "x", "price": 1, "tags": ["a", None]},
+        [],
+        "text",
+        None,
+        {"a": "x"},
+        {"a": 1},
+        {"a": True},
+        {"a": "y"},
+        {"rows": [1, None, 2.0]},
+        {"rows": [1, 2.5]},
+        {"rows": [True]},
+        {"rows": []},
+        {"rows": [], "more": 1},
+        {"rows": "1"},
+    ]
+    for candidate in (schema, enum, nested):
+        for value in values:
+            assert conforms(value, candidate) == (validation_errors(value, candidate) == []), (
+                value,
+                candidate,
+            )

@@ -74,10 +74,19 @@ logger = logging.getLogger("scrapy_llm_extract.collect")
 STATS_PREFIX = "llm_extract/collect"
 #: Manifest status of a file whose every row is accounted for.
 COLLECTED = "collected"
+#: Manifest key: OpenAI files of a collected run still to delete.
+FILES_TO_DELETE = "files_to_delete"
 #: Rows that never ran: resubmitting them does not use up one of their attempts.
 NEVER_RAN = (BATCH_EXPIRED, MISSING)
 #: Failure kind of a row a project pipeline raised on.
 PIPELINE_ERROR = "pipeline_error"
+#: A row whose request row was never written (see spool.Run.seal_leftovers): no page to
+#: resubmit, so it fails for good at once.
+NEVER_SPOOLED = Failure(
+    "never_spooled",
+    "never spooled whole: the crawl died while writing it (its request row was never"
+    " written); crawl the page again",
+)
 REALTIME_CHUNK = 256
 PROGRESS_INTERVAL = 0.5
 #: Polls in a row a file or run may stay stuck before ``--wait`` stops waiting for it.
@@ -344,6 +353,7 @@ class Collector:
         project = None if self.options.all_projects else self.config.project
         for dead in claim_dead_runs(self.config.spool_dir, project=project):
             dead.finish("recovered by collect-batches")
+        await self._delete_leftover_files()
         while True:
             busy = False
             for run, ledger in self._claim_runs():
@@ -387,13 +397,17 @@ class Collector:
         return [pair for pair in self._runs.values() if not self.summaries[pair[0].run_id].done]
 
     def _wanted(self, run: Run) -> bool:
-        if self.options.run_id and run.run_id != self.options.run_id:
-            return False
-        if not self.options.all_projects and run.manifest.data.get("project") != (
-            self.config.project
-        ):
+        if not self._ours(run):
             return False
         return self.options.retry_failed or not run.manifest.data.get("collected_at")
+
+    def _ours(self, run: Run) -> bool:
+        """The run is of this project (or any, if asked) and the ``--run`` asked for."""
+        if self.options.run_id and run.run_id != self.options.run_id:
+            return False
+        return self.options.all_projects or run.manifest.data.get("project") == (
+            self.config.project
+        )
 
     def _open(self, run: Run) -> Ledger | None:
         """Prepare a locked run: recover unlisted files, reset an interrupted pass."""
@@ -426,9 +440,10 @@ class Collector:
             ledger.close()
             return None
         summary = self.summaries.setdefault(run.run_id, RunSummary())
-        summary.spooled = sum(
-            entry["rows"] for entry in run.manifest.files.values() if entry["attempt"] == 1
-        )
+        summary.spooled = run.manifest.spooled_rows
+        for record in run.manifest.cut_rows:
+            if ledger.state(record["custom_id"]) != FAILED:
+                self._fail(run, ledger, record, NEVER_SPOOLED)
         return ledger
 
     def _other_endpoint(self, run: Run) -> str | None:
@@ -447,7 +462,7 @@ class Collector:
     async def _collect_run(self, run: Run, ledger: Ledger) -> AsyncIterator[Any]:
         runs = [pair[0] for pair in self._runs.values()]
         await self.polling.submitter.reconcile(run)
-        await self.polling.submit_pending(runs, run)
+        self._submitted(run, await self.polling.submit_pending(runs, run))
         self._unstick(run.run_id, "")
         for name in run.manifest.with_status(SUBMITTED):
             if (run.run_id, name) in self._joined:
@@ -471,7 +486,7 @@ class Collector:
             except FAULTS as exc:
                 self._stick(run, name, exc)
         if self._resubmissions:  # files refused for the quota wait for the next pass
-            await self.polling.submit_pending(runs, run, self._resubmissions)
+            self._submitted(run, await self.polling.submit_pending(runs, run, self._resubmissions))
             self._resubmissions.clear()
         self.summaries[run.run_id].done = all(
             entry["status"] == COLLECTED
@@ -479,6 +494,14 @@ class Collector:
             or self._gave_up(run.run_id, name)
             for name, entry in run.manifest.files.items()
         )
+
+    def _submitted(self, run: Run, tried: dict[str, str | None]) -> None:
+        """A file whose upload or batch creation failed is stuck until one gets through."""
+        for name, reason in tried.items():
+            if reason is None:
+                self._unstick(run.run_id, name)
+            else:
+                self._stick_reason(run.run_id, name, reason)
 
     async def _final_batch(self, run: Run, ledger: Ledger, name: str) -> Any:
         """The file's batch once final with its results in the ledger; None while not."""
@@ -641,8 +664,8 @@ class Collector:
         """Write the rows waiting for a retry to a new requests file, pending submission."""
         model = self.options.escalate_model or run.manifest.files[name]["model"]
         attempt = int(run.manifest.files[name]["attempt"]) + 1
-        spool_file = run.new_file(model, attempt)
-        count = 0
+        spool_file = None
+        written: set[str] = set()
         for request in run.iter_requests(name):
             found = ledger.pending(request["custom_id"])
             if found is None or found[0] != "retry":
@@ -657,15 +680,23 @@ class Collector:
             else:
                 record["attempt"] = int(record["attempt"]) + 1
             record["model"] = model
+            if spool_file is None:
+                spool_file = run.new_file(model, attempt)
             spool_file.append(
                 request_line(request["custom_id"], dump_json(body)),
                 record,
                 int(record.get("prompt_tokens") or 0),
             )
-            count += 1
+            written.add(request["custom_id"])
+        for record in ledger.pending_records("retry", excluding=written):
+            self._fail(run, ledger, record, NEVER_SPOOLED)  # no request row to resubmit
+            ledger.drop_pending(record["custom_id"])
+        if spool_file is None:
+            return
         spool_file.seal()
         self._resubmissions.add(spool_file.name)
         ledger.settle_pending("retry", f"{RETRIED}:{name}")
+        count = len(written)
         self.summaries[run.run_id].retried += count
         self._inc("rows/retried", count)
         logger.info(
@@ -722,27 +753,59 @@ class Collector:
         return items
 
     async def _finish_run(self, run: Run, ledger: Ledger) -> None:
-        """Mark the run collected; delete its OpenAI files unless asked to keep them."""
+        """Mark the run collected; delete its OpenAI files unless asked to keep them.
+
+        The files to delete are saved with ``collected_at``, in one manifest write, and
+        stay listed until deleted: a failed delete or a kill leaks nothing for good.
+        """
         run.manifest.data["collected_at"] = utc_now()
+        if not self.config.keep_remote_files:
+            file_ids = {entry.get("file_id") for entry in run.manifest.files.values()}
+            for batch in ledger.batches():
+                file_ids.update((batch.get("output_file_id"), batch.get("error_file_id")))
+            run.manifest.data[FILES_TO_DELETE] = sorted(filter(None, file_ids))
         run.manifest.save()
         self._inc("runs/done")
         logger.info("Run %s collected.", run.run_id)
-        if self.config.keep_remote_files:
-            return
-        file_ids = {entry.get("file_id") for entry in run.manifest.files.values()}
-        for batch in ledger.batches():
-            file_ids.update((batch.get("output_file_id"), batch.get("error_file_id")))
-        for file_id in sorted(filter(None, file_ids)):
+        await self._delete_remote_files(run)
+
+    async def _delete_remote_files(self, run: Run) -> None:
+        """Delete the OpenAI files the locked run's manifest lists; keep listed those that fail."""
+        left = []
+        for file_id in run.manifest.data.get(FILES_TO_DELETE) or []:
             try:
                 await self.polling.policy.call(partial(self.client.files.delete, file_id))
             except openai.NotFoundError:
                 pass
             except openai.OpenAIError as exc:
+                left.append(file_id)
+                self._inc("remote_files/delete_failed")
                 logger.warning(
-                    "Could not delete OpenAI file %s: %s",
+                    "Could not delete OpenAI file %s of run %s (%s); it stays listed in the"
+                    " run's manifest and the next scrapy collect-batches deletes it.",
                     file_id,
+                    run.run_id,
                     redact(str(exc), self.client.api_key),
                 )
+                continue
+            self._inc("remote_files/deleted")
+        if left or run.manifest.data.get(FILES_TO_DELETE):
+            run.manifest.data[FILES_TO_DELETE] = left
+            run.manifest.save()
+
+    async def _delete_leftover_files(self) -> None:
+        """Retry the deletes that failed when earlier collections finished their runs."""
+        for run in list_runs(self.config.spool_dir):
+            if not (self._ours(run) and run.manifest.data.get(FILES_TO_DELETE)):
+                continue
+            if not run.try_lock():
+                continue
+            try:
+                run.reload()
+                if run.manifest.data.get("collected_at"):
+                    await self._delete_remote_files(run)
+            finally:
+                run.unlock()
 
     # Accounting -----------------------------------------------------------------------------
 

@@ -175,6 +175,11 @@ class Ledger:
         """A final state (failed, dropped, item_error), written at once."""
         self.db.execute("INSERT OR REPLACE INTO rows VALUES (?, ?)", (custom_id, state))
 
+    def state(self, custom_id: str) -> str | None:
+        found = self.db.execute("SELECT state FROM rows WHERE custom_id = ?", (custom_id,))
+        row = found.fetchone()
+        return str(row[0]) if row else None
+
     def checkpoint(self) -> int:
         """Every feed stored the pass: its emitted rows are delivered. Returns how many."""
         self.flush()
@@ -212,6 +217,11 @@ class Ledger:
     def pending_count(self, action: str) -> int:
         found = self.db.execute("SELECT count(*) FROM pending WHERE action = ?", (action,))
         return int(found.fetchone()[0])
+
+    def pending_records(self, action: str, *, excluding: set[str]) -> list[dict[str, Any]]:
+        """The records of ``action`` whose id is not in ``excluding`` (only those parsed)."""
+        found = self.db.execute("SELECT custom_id, record FROM pending WHERE action = ?", (action,))
+        return [json.loads(record) for custom_id, record in found if custom_id not in excluding]
 
     def drop_pending(self, custom_id: str) -> None:
         self.db.execute("DELETE FROM pending WHERE custom_id = ?", (custom_id,))

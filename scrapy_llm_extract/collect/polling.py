@@ -79,9 +79,14 @@ class Polling:
 
     async def submit_pending(
         self, runs: Collection[Run], run: Run, names: Collection[str] | None = None
-    ) -> None:
-        """Submit pending files in order while the enqueued tokens stay within the quota."""
+    ) -> dict[str, str | None]:
+        """Submit pending files in order while the enqueued tokens stay within the quota.
+
+        Returns each file tried: None once submitted (or refused by validation, which
+        :meth:`refused_too_often` settles), else why its upload or batch creation failed.
+        """
         limit = self.config.batch_max_tokens
+        tried: dict[str, str | None] = {}
         for name in run.manifest.with_status(PENDING):
             entry = run.manifest.files[name]
             if (names is not None and name not in names) or self.refused_too_often(run, name):
@@ -98,8 +103,12 @@ class Polling:
                     limit,
                 )
                 continue
+            refusals = len(entry["failed_batches"])
             if await self.submitter.submit_file(run, name):
                 self.count("files/submitted", 1)
+            failed = entry["status"] == PENDING and len(entry["failed_batches"]) == refusals
+            tried[name] = str(entry["reason"]) if failed else None
+        return tried
 
     def _enqueued_tokens(self, runs: Collection[Run]) -> int:
         """Prompt tokens of the files whose batches this collector saw still running."""

@@ -53,7 +53,7 @@ def rows_table(runs: list[Run]) -> str:
     """Per run: spooled = delivered + dropped + failed + pending, from its ledger."""
     rows = []
     for run in runs:
-        spooled = sum(e["rows"] for e in run.manifest.files.values() if e["attempt"] == 1)
+        spooled = run.manifest.spooled_rows
         counts = read_counts(run.path)
         if counts is None:
             rows.append([run.run_id, run_state(run), str(spooled), "?", "?", "?", "?"])
