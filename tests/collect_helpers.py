@@ -131,7 +131,7 @@ async def collect(settings: dict[str, Any], **options: Any) -> Any:
     remote = StoreCollection(config, wanted)
     try:
         working = {**settings, "LLM_EXTRACT_SPOOL_DIR": str(remote.claim())}
-        crawler = get_crawler(replay_spider(wanted), working)
+        crawler = get_crawler(replay_spider(remote.options), working)
         await crawler.crawl_async()
         assert remote.push()
     finally:

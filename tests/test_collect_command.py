@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from scrapy_llm_extract.spool import Run
 from tests.collect_helpers import feed, product, spool, stored_run, urls
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,6 +82,11 @@ def finish(process: subprocess.Popen) -> tuple[int, str, str]:
     return process.returncode, out, err
 
 
+def batches(settings: dict, run: Run) -> list[tuple[str, dict]]:
+    """The run's files and their manifest entries, as the spool holds them now."""
+    return list(stored_run(settings, run).manifest.files.items())
+
+
 def test_killed_mid_collection_then_rerun_delivers_every_row_once_to_the_feed(
     tmp_path, emulator, spool_backend
 ):
@@ -101,6 +107,9 @@ def test_killed_mid_collection_then_rerun_delivers_every_row_once_to_the_feed(
     )
     assert code == -signal.SIGKILL, err
     assert len(feed(Path(record))) == 10
+    # Its submissions were saved at once (on a store: written back), never submitted again.
+    submitted = {name: entry.get("batch_id") for name, entry in batches(settings, run)}
+    assert submitted and all(submitted.values())
 
     # On a store the killed collector's lease outlives it: reruns skip the run until it expires.
     for _ in range(600):
@@ -119,6 +128,7 @@ def test_killed_mid_collection_then_rerun_delivers_every_row_once_to_the_feed(
     assert all(item["title"] for item in second)
     assert "'llm_extract/collect/rows/delivered': 30" in err
     assert stored_run(settings, run).manifest.data["collected_at"]
+    assert {name: entry.get("batch_id") for name, entry in batches(settings, run)} == submitted
 
     code, _, err = finish(scrapy(project, "collect-batches", "-O", "third.jsonl", RECORD=record))
     assert code == 0, err
