@@ -129,6 +129,8 @@ def test_killed_mid_collection_then_rerun_delivers_every_row_once_to_the_feed(
     assert "'llm_extract/collect/rows/delivered': 30" in err
     assert stored_run(settings, run).manifest.data["collected_at"]
     assert {name: entry.get("batch_id") for name, entry in batches(settings, run)} == submitted
+    if spool_backend:  # the killed collector's working copy was removed by the next one
+        assert list((tmp_path / "staging" / "collect").glob("work-*")) == []
 
     code, _, err = finish(scrapy(project, "collect-batches", "-O", "third.jsonl", RECORD=record))
     assert code == 0, err

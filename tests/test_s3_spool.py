@@ -409,3 +409,22 @@ async def test_a_write_back_that_fails_is_counted_and_its_rows_stay_pending(
     assert second.spider.collector.exit_code == 0
     assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls(range(3))
     assert stored_run(conf, run).manifest.data["collected_at"]
+
+
+def test_a_live_collectors_working_copy_is_left_alone_by_the_next_one_on_the_machine(
+    tmp_path: Path, s3_server: Any, s3_spool: str
+) -> None:
+    from scrapy_llm_extract.collect import CollectOptions
+    from scrapy_llm_extract.collect.remote import StoreCollection
+    from tests.helpers import make_config
+
+    config = make_config(
+        **s3_server.settings(s3_spool), LLM_EXTRACT_SPOOL_STAGING_DIR=str(tmp_path / "staging")
+    )
+    live = StoreCollection(config, CollectOptions())
+    try:
+        StoreCollection(config, CollectOptions()).close()
+        assert live.workdir.is_dir()
+    finally:
+        live.close()
+    assert list((tmp_path / "staging" / "collect").glob("work-*")) == []

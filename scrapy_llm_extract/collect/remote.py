@@ -18,6 +18,7 @@ holder, at least once as always.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import shutil
@@ -47,6 +48,9 @@ logger = logging.getLogger("scrapy_llm_extract.collect")
 #: ledger's snapshot).
 LOCAL_ONLY = (LOCK_NAME, LEASE_NAME)
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+#: Working copies are ``<staging>/collect/work-*``, each locked by its collector.
+WORK_PREFIX = "work-"
+IN_USE_NAME = ".in-use"
 
 
 @dataclass
@@ -68,7 +72,13 @@ class StoreCollection:
         self.leases = Leases(self.store, config.lease_ttl)
         base = config.spool_staging_dir / "collect"
         base.mkdir(parents=True, exist_ok=True)
-        self.workdir = Path(tempfile.mkdtemp(prefix="work-", dir=base))
+        with open(base / IN_USE_NAME, "a") as creating:  # no removal while one is made
+            fcntl.flock(creating, fcntl.LOCK_EX)
+            self.workdir = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=base))
+            # Held until close(): the kernel drops it when this process dies, however it dies.
+            self._in_use = open(self.workdir / IN_USE_NAME, "w")
+            fcntl.flock(self._in_use, fcntl.LOCK_EX)
+            _remove_leftovers(base)
         self.claimed: dict[str, Claimed] = {}
         self.lost: set[str] = set()
         self._stop = threading.Event()
@@ -282,6 +292,7 @@ class StoreCollection:
                 )
         self.store.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        self._in_use.close()
 
 
 def _signature(path: Path) -> tuple[int, int]:
@@ -306,3 +317,19 @@ def _snapshot(path: Path) -> bytes:
             target.close()
             source.close()
         return copy.read_bytes()
+
+
+def _remove_leftovers(base: Path) -> None:
+    """Delete the working copies of collectors that were killed: nothing in them counts
+    (what a collector wrote back is in the store, the rest is pending there)."""
+    for folder in base.glob(WORK_PREFIX + "*"):
+        try:
+            with open(folder / IN_USE_NAME, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(folder)
+        except BlockingIOError:
+            continue  # a live collector's
+        except OSError as exc:
+            logger.warning("Could not remove the leftover working copy %s: %s", folder, exc)
+            continue
+        logger.info("Removed %s, the working copy of a collector that was killed.", folder)
