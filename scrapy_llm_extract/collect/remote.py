@@ -231,8 +231,9 @@ class StoreCollection:
                 self._lose(run_id)
             except Exception as exc:
                 logger.error(
-                    "Could not write run %s back to %s (%s: %s); its rows stay pending and are"
-                    " delivered again by the next pass.",
+                    "Could not write run %s back to %s (%s: %s); retried at the next"
+                    " checkpoint. What is not written back stays pending in the store: run"
+                    " scrapy collect-batches again once the store is reachable.",
                     run_id,
                     self.store.uri,
                     type(exc).__name__,
