@@ -8,7 +8,8 @@ holder stops renewing it for ``ttl`` seconds, measured on the store's clock
 (the object's last write against the time the store answered), so the
 collectors' clocks need not agree. Taking over an expired lease is again
 ``If-Match`` on the etag that was read: two claimants of an expired lease
-cannot both win.
+cannot both win. Releasing is a delete with ``If-Match`` on the holder's
+etag, so it never removes a lease someone else took over.
 """
 
 from __future__ import annotations
@@ -91,10 +92,12 @@ class Leases:
         return True
 
     def release(self, lease: Lease) -> None:
-        """Let the next collector claim it at once (only if it is still ours)."""
-        state, etag = self._read(lease.key)
-        if state is not None and etag == lease.etag:
-            self.store.delete(lease.key)
+        """Let the next collector claim it at once: a delete with ``If-Match`` on our last
+        etag, so a lease taken over meanwhile (even between a read and the delete) stays."""
+        try:
+            self.store.delete(lease.key, if_match=lease.etag)
+        except PreconditionFailed:
+            pass  # taken over: it is the new holder's now
 
     def state(self, key: str) -> LeaseState | None:
         return self._read(key)[0]

@@ -5,8 +5,8 @@ hosted Scrapy) rarely share a POSIX folder with working ``flock``, but they
 share object storage. An object is only ever written whole (one PUT), so a
 reader never sees a partial one; the only mutable objects (manifests, leases)
 are replaced with conditional writes: ``If-None-Match: *`` to create,
-``If-Match: <etag>`` to replace, a 412 (:class:`PreconditionFailed`) when
-someone else got there first.
+``If-Match: <etag>`` to replace or delete, a 412 (:class:`PreconditionFailed`)
+when someone else got there first.
 
 Built from the settings Scrapy's own S3 feed storage reads (``AWS_*``, see
 :class:`~.config.S3Settings`); ``botocore`` is the optional ``s3`` extra.
@@ -125,8 +125,21 @@ class S3Store:
             keys.extend(item["Key"][len(self.prefix) :] for item in page.get("Contents", ()))
         return sorted(keys)
 
-    def delete(self, key: str) -> None:
-        self._client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+    def delete(self, key: str, *, if_match: str = "") -> None:
+        """Delete the object; with ``if_match``, only while its etag is that one (else
+        :class:`PreconditionFailed`). A missing object is deleted already."""
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.prefix + key}
+        if if_match:
+            args["IfMatch"] = if_match
+        try:
+            self._client.delete_object(**args)
+        except self._errors.ClientError as exc:
+            status = _status(exc)
+            if status == 404:
+                return
+            if status in (409, 412):
+                raise PreconditionFailed(key) from exc
+            raise
 
     def close(self) -> None:
         self._client.close()

@@ -13,8 +13,10 @@ from scrapy.utils.test import get_crawler
 
 from scrapy_llm_extract.client import async_client, sync_client
 from scrapy_llm_extract.collect import CollectOptions, replay_spider
+from scrapy_llm_extract.collect.remote import StoreCollection
 from scrapy_llm_extract.extraction import Preparer
 from scrapy_llm_extract.items import item_record
+from scrapy_llm_extract.publish import open_store
 from scrapy_llm_extract.retry import RetryPolicy
 from scrapy_llm_extract.spool import Run, Spool
 from scrapy_llm_extract.submit import Submitter
@@ -113,20 +115,55 @@ def spool(settings: dict[str, Any], items: list[Any], spider: str = "shop") -> R
         writer.add(preparer.prepare(ItemAdapter(one)), item_record(one, config))
     writer.close()
     assert writer.run is not None
-    return Run.open(writer.run.path)
+    return stored_run(settings, writer.run)
 
 
 async def collect(settings: dict[str, Any], **options: Any) -> Any:
-    """Run the replay crawler in this process; return the crawler (stats, spider)."""
+    """Run the replay crawler in this process; return the crawler (stats, spider). On an
+    s3:// spool, as the command does: lease, work on a local copy, write back."""
     Downstream.seen = []
-    crawler = get_crawler(replay_spider(CollectOptions(**options)), settings)
-    await crawler.crawl_async()
+    wanted = CollectOptions(**options)
+    config = make_config(**settings)
+    if not config.spool_store:
+        crawler = get_crawler(replay_spider(wanted), settings)
+        await crawler.crawl_async()
+        return crawler
+    remote = StoreCollection(config, wanted)
+    try:
+        working = {**settings, "LLM_EXTRACT_SPOOL_DIR": str(remote.claim())}
+        crawler = get_crawler(replay_spider(remote.options), working)
+        await crawler.crawl_async()
+        assert remote.push()
+    finally:
+        remote.close()
     return crawler
+
+
+def stored_run(settings: dict[str, Any], run: Run) -> Run:
+    """``run`` as the spool holds it now: the local folder, or a fresh copy from the store."""
+    config = make_config(**settings)
+    if not config.spool_store:
+        return Run.open(run.path)
+    assert config.spool_staging_dir is not None
+    store = open_store(config)
+    folder = Path(tempfile.mkdtemp(prefix="stored-", dir=config.spool_staging_dir)) / run.run_id
+    folder.mkdir()
+    try:
+        for key in store.list(run.run_id + "/"):
+            stored = store.get(key)
+            if stored is not None:
+                (folder / key.split("/", 1)[1]).write_bytes(stored.body)
+    finally:
+        store.close()
+    return Run.open(folder)
 
 
 async def submitted_output(settings: dict[str, Any], run: Run) -> Path:
     """Submit the run's one file as a crawl would; the emulator's output file of its batch."""
     config = make_config(**settings)
+    remote = StoreCollection(config, CollectOptions()) if config.spool_store else None
+    if remote is not None:  # submit on a leased working copy, and write it back
+        run = Run.open(remote.claim() / run.run_id)
     client = async_client(config)
     run.try_lock()
     try:
@@ -134,6 +171,9 @@ async def submitted_output(settings: dict[str, Any], run: Run) -> Path:
     finally:
         run.unlock()
         await client.close()
+        if remote is not None:
+            assert remote.push()
+            remote.close()
     (entry,) = run.manifest.files.values()
     client = sync_client(config)
     try:

@@ -200,3 +200,16 @@ def s3_spool(s3_server: Any, request: pytest.FixtureRequest) -> str:
     from tests.s3_server import BUCKET
 
     return f"s3://{BUCKET}/{request.node.name.replace('[', '-').replace(']', '')}-{os.getpid()}"
+
+
+@pytest.fixture(params=["local", "s3"])
+def spool_backend(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """Settings that put the spool on each backend: none for the local folder of the
+    test's settings, an s3:// spool on the test server with its staging folder."""
+    if request.param == "local":
+        return {}
+    server = request.getfixturevalue("s3_server")
+    return {
+        **server.settings(request.getfixturevalue("s3_spool")),
+        "LLM_EXTRACT_SPOOL_STAGING_DIR": str(tmp_path / "staging"),
+    }

@@ -24,6 +24,7 @@ from tests.collect_helpers import (
     product,
     settings,
     spool,
+    stored_run,
     submitted_output,
     urls,
 )
@@ -265,10 +266,16 @@ def ledger(crawler):
 
 @deferred_f_from_coro_f
 async def test_a_failing_feed_delivers_nothing_and_the_next_pass_delivers_everything(
-    tmp_path, emulator
+    tmp_path, emulator, spool_backend
 ):
     failing = {f"failing://{tmp_path}/lost.jsonl": {"format": "jsonlines"}}
-    conf = settings(tmp_path, emulator, FEEDS=failing, FEED_STORAGES={"failing": FailingStorage})
+    conf = settings(
+        tmp_path,
+        emulator,
+        FEEDS=failing,
+        FEED_STORAGES={"failing": FailingStorage},
+        **spool_backend,
+    )
     run = spool(conf, [product(n) for n in range(12)])
     first = await collect(conf)
     assert first.stats.get_value("feedexport/failed_count/FailingStorage") == 1
@@ -277,14 +284,14 @@ async def test_a_failing_feed_delivers_nothing_and_the_next_pass_delivers_everyt
     assert ledger(first) == {
         "spooled": 12, "delivered": 0, "dropped": 0, "failed": 0, "pending": 12
     }  # fmt: skip
-    assert not Run.open(run.path).manifest.data.get("collected_at")
+    assert not stored_run(conf, run).manifest.data.get("collected_at")
 
-    second = await collect(settings(tmp_path, emulator))
+    second = await collect(settings(tmp_path, emulator, **spool_backend))
     items = feed(tmp_path / "out.jsonl")
     assert sorted(item["url"] for item in items) == urls(range(12))
     assert second.spider.collector.exit_code == 0
     assert ledger(second)["delivered"] == 12
-    assert Run.open(run.path).manifest.data["collected_at"]
+    assert stored_run(conf, run).manifest.data["collected_at"]
 
 
 @deferred_f_from_coro_f
@@ -372,9 +379,9 @@ async def test_closespider_itemcount_stops_the_replay_and_the_rest_stays_pending
 @pytest.mark.parametrize("fault", ["torn", "missing"])
 @deferred_f_from_coro_f
 async def test_a_torn_or_missing_result_row_is_resubmitted_and_never_stops_collection(
-    tmp_path, emulator, fault
+    tmp_path, emulator, fault, spool_backend
 ):
-    conf = settings(tmp_path, emulator)
+    conf = settings(tmp_path, emulator, **spool_backend)
     torn_run = spool(conf, [product(n) for n in range(6)])
     output = await submitted_output(conf, torn_run)
     lines = output.read_bytes().split(b"\n")
@@ -388,8 +395,8 @@ async def test_a_torn_or_missing_result_row_is_resubmitted_and_never_stops_colle
     first = await collect(conf)
     assert stat(first, "results/unreadable") == (1 if fault == "torn" else None)
     assert stat(first, "rows/retried") == 1
-    assert Run.open(other_run.path).manifest.data["collected_at"]
-    assert failures(torn_run) == []
+    assert stored_run(conf, other_run).manifest.data["collected_at"]
+    assert failures(stored_run(conf, torn_run)) == []
     await collect(conf)
     assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls(
         [*range(6), 10, 11, 12]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.collect_helpers import feed, product, spool, urls
+from scrapy_llm_extract.spool import Run
+from tests.collect_helpers import feed, product, spool, stored_run, urls
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,7 @@ class Record:
 '''
 
 
-def make_project(tmp_path: Path, emulator) -> tuple[Path, dict]:
+def make_project(tmp_path: Path, emulator, **backend: object) -> tuple[Path, dict]:
     project = tmp_path / "project"
     project.mkdir()
     (project / "scrapy.cfg").write_text("[settings]\ndefault = projsettings\n")
@@ -49,9 +50,11 @@ def make_project(tmp_path: Path, emulator) -> tuple[Path, dict]:
     settings = {
         "LLM_EXTRACT_SPOOL_DIR": str(tmp_path / "spool"),
         "LLM_EXTRACT_EMULATOR_DIR": str(emulator.path),
+        **backend,
     }
     lines = ["import os", *(f"{name} = {value!r}" for name, value in settings.items())]
     lines.append("CONCURRENT_ITEMS = int(os.environ.get('CONCURRENT_ITEMS', 100))")
+    lines.append("LLM_EXTRACT_LEASE_TTL = float(os.environ.get('LEASE_TTL', 300))")
     lines.append("LLM_EXTRACT_MAX_ATTEMPTS = int(os.environ.get('MAX_ATTEMPTS', 3))")
     lines.append(
         "ITEM_PIPELINES = {'scrapy_llm_extract.LLMExtractPipeline': 100, 'projpipes.Record': 200}"
@@ -79,19 +82,43 @@ def finish(process: subprocess.Popen) -> tuple[int, str, str]:
     return process.returncode, out, err
 
 
-def test_killed_mid_collection_then_rerun_delivers_every_row_once_to_the_feed(tmp_path, emulator):
-    project, settings = make_project(tmp_path, emulator)
+def batches(settings: dict, run: Run) -> list[tuple[str, dict]]:
+    """The run's files and their manifest entries, as the spool holds them now."""
+    return list(stored_run(settings, run).manifest.files.items())
+
+
+def test_killed_mid_collection_then_rerun_delivers_every_row_once_to_the_feed(
+    tmp_path, emulator, spool_backend
+):
+    project, settings = make_project(tmp_path, emulator, **spool_backend)
     run = spool(settings, [product(n) for n in range(30)])
     record = str(tmp_path / "record.jsonl")
 
     code, _, err = finish(
-        scrapy(project, "collect-batches", "-O", "first.jsonl", RECORD=record, KILL_AFTER="10")
+        scrapy(
+            project,
+            "collect-batches",
+            "-O",
+            "first.jsonl",
+            RECORD=record,
+            KILL_AFTER="10",
+            LEASE_TTL="2",
+        )
     )
     assert code == -signal.SIGKILL, err
     assert len(feed(Path(record))) == 10
+    # Its submissions were saved at once (on a store: written back), never submitted again.
+    submitted = {name: entry.get("batch_id") for name, entry in batches(settings, run)}
+    assert submitted and all(submitted.values())
 
-    code, _, err = finish(scrapy(project, "collect-batches", "-O", "second.jsonl", RECORD=record))
-    assert code == 0, err
+    # On a store the killed collector's lease outlives it: reruns skip the run until it expires.
+    for _ in range(600):
+        code, _, err = finish(
+            scrapy(project, "collect-batches", "-O", "second.jsonl", RECORD=record)
+        )
+        assert code == 0, err
+        if "another collector holds its lease" not in err:
+            break
     # The killed pass never stored its feed: its 10 rows are delivered again, nothing else.
     seen = [row["url"] for row in feed(Path(record))]
     expected = sorted(f"http://shop.test/product/{n}" for n in range(30))
@@ -100,7 +127,10 @@ def test_killed_mid_collection_then_rerun_delivers_every_row_once_to_the_feed(tm
     assert sorted(item["url"] for item in second) == expected
     assert all(item["title"] for item in second)
     assert "'llm_extract/collect/rows/delivered': 30" in err
-    assert json.loads((run.path / "manifest.json").read_text())["collected_at"]
+    assert stored_run(settings, run).manifest.data["collected_at"]
+    assert {name: entry.get("batch_id") for name, entry in batches(settings, run)} == submitted
+    if spool_backend:  # the killed collector's working copy was removed by the next one
+        assert list((tmp_path / "staging" / "collect").glob("work-*")) == []
 
     code, _, err = finish(scrapy(project, "collect-batches", "-O", "third.jsonl", RECORD=record))
     assert code == 0, err

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scrapy.utils.defer import deferred_f_from_coro_f
 
 from scrapy_llm_extract.lease import LEASE_NAME
 from tests.test_store import open_test_store
@@ -355,3 +356,75 @@ def test_a_crawl_machine_lost_mid_crawl_costs_only_its_unpublished_rows(
     manifest = store.get(f"{lost}/manifest.json")
     assert manifest is not None and json.loads(manifest.body)["collected_at"]
     store.close()
+
+
+@deferred_f_from_coro_f
+async def test_a_write_back_that_fails_is_counted_and_its_rows_stay_pending(
+    tmp_path: Path, s3_server: Any, s3_spool: str, emulator: Any
+) -> None:
+    """The store refuses the writes (the lease still renews): each failed checkpoint is
+    counted in the stats the crawl dumps, the command's last write-back fails (exit 1), and
+    the next collector delivers every row."""
+    from dataclasses import replace
+
+    from scrapy.utils.test import get_crawler
+
+    from scrapy_llm_extract.collect import CollectOptions, replay_spider
+    from scrapy_llm_extract.collect.remote import StoreCollection
+    from scrapy_llm_extract.store import S3Store
+    from tests.collect_helpers import collect, feed, product, settings, spool, stored_run, urls
+    from tests.helpers import make_config
+    from tests.s3_server import free_ports
+
+    conf = {
+        **settings(tmp_path, emulator),
+        **s3_server.settings(s3_spool),
+        "LLM_EXTRACT_SPOOL_STAGING_DIR": str(tmp_path / "staging"),
+    }
+    run = spool(conf, [product(n) for n in range(3)])
+    config = make_config(**conf)
+    assert config.spool_store is not None and config.s3 is not None
+    remote = StoreCollection(config, CollectOptions())
+    working = remote.claim()
+    reachable = remote.store
+    (closed_port,) = free_ports(1)
+    remote.store = S3Store(
+        config.spool_store, replace(config.s3, endpoint_url=f"http://127.0.0.1:{closed_port}")
+    )
+    try:
+        crawler = get_crawler(
+            replay_spider(remote.options), {**conf, "LLM_EXTRACT_SPOOL_DIR": str(working)}
+        )
+        await crawler.crawl_async()
+        # After the submissions, and once the ledgers closed (before the stats are dumped).
+        assert crawler.stats.get_value("llm_extract/collect/writeback_failed") == 2
+        assert not remote.push()  # the command's last write-back: exit code 1
+    finally:
+        remote.store.close()
+        remote.store = reachable
+        remote.close()
+    assert not stored_run(conf, run).manifest.data.get("collected_at")
+    (tmp_path / "out.jsonl").unlink()
+    second = await collect(conf)
+    assert second.spider.collector.exit_code == 0
+    assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls(range(3))
+    assert stored_run(conf, run).manifest.data["collected_at"]
+
+
+def test_a_live_collectors_working_copy_is_left_alone_by_the_next_one_on_the_machine(
+    tmp_path: Path, s3_server: Any, s3_spool: str
+) -> None:
+    from scrapy_llm_extract.collect import CollectOptions
+    from scrapy_llm_extract.collect.remote import StoreCollection
+    from tests.helpers import make_config
+
+    config = make_config(
+        **s3_server.settings(s3_spool), LLM_EXTRACT_SPOOL_STAGING_DIR=str(tmp_path / "staging")
+    )
+    live = StoreCollection(config, CollectOptions())
+    try:
+        StoreCollection(config, CollectOptions()).close()
+        assert live.workdir.is_dir()
+    finally:
+        live.close()
+    assert list((tmp_path / "staging" / "collect").glob("work-*")) == []

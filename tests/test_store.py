@@ -92,3 +92,46 @@ def test_expired_lease_is_taken_over_and_the_old_holder_stops(store: S3Store) ->
     assert Leases(store, ttl=300, owner="third").claim("run-a/lease.json") is None  # unexpired
     new.release(taken)
     assert Leases(store, ttl=300, owner="third").claim("run-a/lease.json") is not None
+
+
+class TakeoverBeforeDelete(S3Store):
+    """A store where another collector takes the lease over right before the next delete:
+    the interleaving a read-then-delete release cannot see."""
+
+    def __init__(self, uri: str, settings: S3Settings, takeover: Any) -> None:
+        super().__init__(uri, settings)
+        self.takeover = takeover
+
+    def delete(self, key: str, *, if_match: str = "") -> None:
+        takeover, self.takeover = self.takeover, None
+        if takeover is not None:
+            takeover()
+        super().delete(key, if_match=if_match)
+
+
+def test_releasing_never_deletes_a_lease_taken_over_meanwhile(
+    store: S3Store, s3_server: Any, s3_spool: str
+) -> None:
+    taken: list[Any] = []
+    settings = s3_server.settings(s3_spool)
+    racing = TakeoverBeforeDelete(
+        s3_spool,
+        S3Settings(
+            access_key_id=settings["AWS_ACCESS_KEY_ID"],
+            secret_access_key=settings["AWS_SECRET_ACCESS_KEY"],
+            endpoint_url=settings["AWS_ENDPOINT_URL"],
+            region_name="us-east-1",
+            use_ssl=False,
+        ),
+        lambda: taken.append(Leases(store, ttl=300, owner="new").claim("run-a/lease.json")),
+    )
+    try:
+        old = Leases(racing, ttl=0, owner="old")  # expired at once: free to take over
+        held = old.claim("run-a/lease.json")
+        assert held is not None
+        old.release(held)
+    finally:
+        racing.close()
+    assert taken and taken[0] is not None  # the takeover happened before the delete
+    state = Leases(store, ttl=300).state("run-a/lease.json")
+    assert state is not None and state.owner == "new"

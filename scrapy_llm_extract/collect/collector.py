@@ -106,6 +106,9 @@ class CollectOptions:
     escalate_model: str | None = None
     all_projects: bool = False
     retry_failed: bool = False
+    #: Called at each checkpoint (submissions made, pass ended, ledgers closed) to save
+    #: the runs' progress elsewhere (an s3:// spool's write-back); the runs it failed on.
+    save_progress: Callable[[], int] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -324,6 +327,7 @@ class Collector:
             ledger.close()
             run.unlock()
         self._runs.clear()
+        self._save_progress()
         self.rules.close()
         self._publish_counts()
         self._publish_totals()
@@ -366,6 +370,7 @@ class Collector:
                 busy = busy or not done
             if not (self.options.wait and busy):
                 return
+            self._save_progress()
             self._show_status()
             await asyncio.sleep(self.options.poll_interval)
 
@@ -463,6 +468,7 @@ class Collector:
         runs = [pair[0] for pair in self._runs.values()]
         await self.polling.submitter.reconcile(run)
         self._submitted(run, await self.polling.submit_pending(runs, run))
+        self._save_progress()
         self._unstick(run.run_id, "")
         for name in run.manifest.with_status(SUBMITTED):
             if (run.run_id, name) in self._joined:
@@ -860,6 +866,11 @@ class Collector:
             ("pending", sum(s.pending for s in totals)),
         ):
             self.stats.set_value(f"{STATS_PREFIX}/ledger/{key}", value)
+
+    def _save_progress(self) -> None:
+        failed = self.options.save_progress() if self.options.save_progress else 0
+        if failed:
+            self._inc("writeback_failed", failed)
 
     def _inc(self, name: str, count: int = 1) -> None:
         self.stats.inc_value(f"{STATS_PREFIX}/{name}", count)

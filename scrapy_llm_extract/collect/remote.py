@@ -6,8 +6,11 @@ claims each closed, uncollected run of the project with a lease
 (:mod:`..lease`), downloads its objects (ledger ``collect.sqlite`` included:
 the index travels with the run, so a collector on another machine finishes
 a run one started), renews the leases from a thread while the pass works,
-and at the end uploads what changed: new and changed files first, then the
-manifest with ``If-Match`` on the etag it downloaded. A lease lost meanwhile
+and at each checkpoint of the collector (submissions made, pass ended,
+ledgers closed: ``CollectOptions.save_progress``) uploads what changed: new
+and changed files first, the ledger as a consistent SQLite snapshot, then the
+manifest with ``If-Match`` on the etag it last wrote. A kill then costs only
+the work since the last checkpoint. A lease lost meanwhile
 (the collector stalled past the TTL and another took over) stops the pass
 and nothing of that run is written back: its rows stay pending for the new
 holder, at least once as always.
@@ -15,12 +18,14 @@ holder, at least once as always.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import shutil
+import sqlite3
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,8 +44,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("scrapy_llm_extract.collect")
 
-#: Files of a working copy that never go back to the store.
+#: Files of a working copy that never go back to the store (SQLite's side files are in the
+#: ledger's snapshot).
 LOCAL_ONLY = (LOCK_NAME, LEASE_NAME)
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+#: Working copies are ``<staging>/collect/work-*``, each locked by its collector.
+WORK_PREFIX = "work-"
+IN_USE_NAME = ".in-use"
 
 
 @dataclass
@@ -56,18 +66,27 @@ class StoreCollection:
     def __init__(self, config: Config, options: CollectOptions) -> None:
         assert config.spool_staging_dir is not None
         self.config = config
-        self.options = options
+        #: The options to collect with: they write the runs back at each checkpoint.
+        self.options = replace(options, save_progress=self.save_progress)
         self.store = open_store(config)
         self.leases = Leases(self.store, config.lease_ttl)
         base = config.spool_staging_dir / "collect"
         base.mkdir(parents=True, exist_ok=True)
-        self.workdir = Path(tempfile.mkdtemp(prefix="work-", dir=base))
+        with open(base / IN_USE_NAME, "a") as creating:  # no removal while one is made
+            fcntl.flock(creating, fcntl.LOCK_EX)
+            self.workdir = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=base))
+            # Held until close(): the kernel drops it when this process dies, however it dies.
+            self._in_use = open(self.workdir / IN_USE_NAME, "w")
+            fcntl.flock(self._in_use, fcntl.LOCK_EX)
+            _remove_leftovers(base)
         self.claimed: dict[str, Claimed] = {}
         self.lost: set[str] = set()
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
         self._notes: list[str] = []
         self._locked: list[Run] = []
+        #: Renewals from the thread and before each write-back must not race on the etag.
+        self._lease_lock = threading.Lock()
 
     # Listing -----------------------------------------------------------------------------
 
@@ -169,7 +188,8 @@ class StoreCollection:
                     if run_id in self.lost:
                         continue
                     try:
-                        kept = self.leases.renew(claimed.lease)
+                        with self._lease_lock:
+                            kept = self.leases.renew(claimed.lease)
                     except Exception as exc:  # the store unreachable: try again next time
                         logger.warning("Could not renew the lease on run %s: %s", run_id, exc)
                         continue
@@ -193,9 +213,15 @@ class StoreCollection:
     # Writing back -------------------------------------------------------------------------
 
     def push(self) -> bool:
-        """Upload what changed in each leased run, the manifest last; False if a run could
-        not be written back (lost lease, manifest changed, store error: logged)."""
-        ok = not self.lost
+        """The last write-back: False if a run could not be written back (lost lease,
+        manifest changed, store error: logged)."""
+        return not self.save_progress() and not self.lost
+
+    def save_progress(self) -> int:
+        """Upload what changed in each leased run, the manifest last; the number of runs
+        that could not be written back for a store error (logged; a lost lease is counted
+        as such, in ``leases_lost``)."""
+        failed = 0
         for run_id, claimed in self.claimed.items():
             if run_id in self.lost:
                 continue
@@ -203,40 +229,48 @@ class StoreCollection:
                 self._push_run(run_id, claimed)
             except PreconditionFailed:
                 self._lose(run_id)
-                ok = False
             except Exception as exc:
                 logger.error(
-                    "Could not write run %s back to %s (%s: %s); its rows stay pending and are"
-                    " delivered again by the next pass.",
+                    "Could not write run %s back to %s (%s: %s); retried at the next"
+                    " checkpoint. What is not written back stays pending in the store: run"
+                    " scrapy collect-batches again once the store is reachable.",
                     run_id,
                     self.store.uri,
                     type(exc).__name__,
                     exc,
                 )
-                ok = False
-        return ok
+                failed += 1
+        return failed
 
     def _push_run(self, run_id: str, claimed: Claimed) -> None:
         folder = self.workdir / run_id
-        if not self.leases.renew(claimed.lease):  # still ours, right before writing
-            raise PreconditionFailed(run_id)
+        with self._lease_lock:
+            if not self.leases.renew(claimed.lease):  # still ours, right before writing
+                raise PreconditionFailed(run_id)
         names = sorted(
             path.name
             for path in folder.iterdir()
-            if path.is_file() and not path.name.startswith(".") and path.name not in LOCAL_ONLY
+            if path.is_file()
+            and not path.name.startswith(".")
+            and path.name not in LOCAL_ONLY
+            and not path.name.endswith(SQLITE_SIDE_FILES)
         )
-        manifest_etag = claimed.fetched.get(MANIFEST_NAME, ("", 0, 0))[0]
         for name in [*(n for n in names if n != MANIFEST_NAME), MANIFEST_NAME]:
-            stat = (folder / name).stat()
+            signature = _signature(folder / name)
             before = claimed.fetched.get(name)
-            if before is not None and before[1:] == (stat.st_size, stat.st_mtime_ns):
+            if before is not None and before[1:] == signature:
                 continue
-            body = (folder / name).read_bytes()
+            key = f"{run_id}/{name}"
             if name == MANIFEST_NAME:
-                etag = self.store.put(f"{run_id}/{name}", body, if_match=manifest_etag)
+                body = (folder / name).read_bytes()
+                manifest_etag = before[0] if before else ""
+                etag = self.store.put(key, body, if_match=manifest_etag)
+            elif name == LEDGER_NAME:
+                etag = self.store.put(key, _snapshot(folder / name))
             else:
-                etag = self.store.put(f"{run_id}/{name}", body)
-            claimed.fetched[name] = (etag, stat.st_size, stat.st_mtime_ns)
+                with open(folder / name, "rb") as body_file:
+                    etag = self.store.put(key, body_file)
+            claimed.fetched[name] = (etag, *signature)
 
     def close(self) -> None:
         """Stop renewing, release the leases, delete the working copy."""
@@ -259,3 +293,44 @@ class StoreCollection:
                 )
         self.store.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        self._in_use.close()
+
+
+def _signature(path: Path) -> tuple[int, int]:
+    """Size and mtime of a file, its SQLite write-ahead log included: changed when either is."""
+    stat = path.stat()
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists():
+        extra = wal.stat()
+        return stat.st_size + extra.st_size, max(stat.st_mtime_ns, extra.st_mtime_ns)
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _snapshot(path: Path) -> bytes:
+    """The ledger as one consistent database file, while the collector may still write it."""
+    with tempfile.TemporaryDirectory(dir=path.parent.parent) as folder:
+        copy = Path(folder) / path.name
+        source = sqlite3.connect(path)
+        target = sqlite3.connect(copy)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+        return copy.read_bytes()
+
+
+def _remove_leftovers(base: Path) -> None:
+    """Delete the working copies of collectors that were killed: nothing in them counts
+    (what a collector wrote back is in the store, the rest is pending there)."""
+    for folder in base.glob(WORK_PREFIX + "*"):
+        try:
+            with open(folder / IN_USE_NAME, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(folder)
+        except BlockingIOError:
+            continue  # a live collector's
+        except OSError as exc:
+            logger.warning("Could not remove the leftover working copy %s: %s", folder, exc)
+            continue
+        logger.info("Removed %s, the working copy of a collector that was killed.", folder)

@@ -145,6 +145,7 @@ class Command(ScrapyCommand):
             from ..collect.remote import StoreCollection
 
             remote = StoreCollection(config, options)
+            options = remote.options  # they write the runs back at each checkpoint
             try:
                 working = remote.snapshot() if opts.status else remote.claim()
                 self.settings.set("LLM_EXTRACT_SPOOL_DIR", str(working), priority="cmdline")
