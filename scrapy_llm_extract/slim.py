@@ -763,9 +763,14 @@ def _is_boilerplate_name(names: str | None) -> bool:
     return False
 
 
+#: Whitespace that does not count as visible text (the usual ones, and the HTML favourites).
+_SPACES = " \t\n\r\f\v\xa0\u2009\u200b\u3000"
+
+
 def _char_count(text: str) -> int:
-    """Visible characters of ``text``: whitespace does not count."""
-    return len("".join(text.split()))
+    """Visible characters of ``text``: whitespace does not count. Counted in C without
+    copying the text: a big page's text split into words cost six times the page in memory."""
+    return len(text) - sum(map(text.count, _SPACES))
 
 
 class _PageShape:
@@ -819,10 +824,8 @@ _TEXT_HOLDING_UNSEEN_TAGS = ("script", "style", "noscript", "template", "svg", "
 
 
 def _visible_chars(element: Any) -> int:
-    """Visible characters under ``element`` (unseen text already removed), rules aside.
-    Counted text node by text node: the whole text of a big page as one string, split into
-    words, cost six times the page in memory."""
-    return sum(_char_count(text) for text in element.itertext())
+    """Visible characters under ``element`` (unseen text already removed), rules aside."""
+    return _char_count(etree.tostring(element, method="text", encoding=str, with_tail=False))
 
 
 # --- output ----------------------------------------------------------------------------------
