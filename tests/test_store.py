@@ -12,18 +12,19 @@ from scrapy_llm_extract.lease import Leases
 from scrapy_llm_extract.store import PreconditionFailed, S3Store
 
 
-def open_test_store(s3_server: Any, uri: str) -> S3Store:
+def s3_settings_for(s3_server: Any, uri: str) -> S3Settings:
     settings = s3_server.settings(uri)
-    return S3Store(
-        uri,
-        S3Settings(
-            access_key_id=settings["AWS_ACCESS_KEY_ID"],
-            secret_access_key=settings["AWS_SECRET_ACCESS_KEY"],
-            endpoint_url=settings["AWS_ENDPOINT_URL"],
-            region_name="us-east-1",
-            use_ssl=False,
-        ),
+    return S3Settings(
+        access_key_id=settings["AWS_ACCESS_KEY_ID"],
+        secret_access_key=settings["AWS_SECRET_ACCESS_KEY"],
+        endpoint_url=settings["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        use_ssl=False,
     )
+
+
+def open_test_store(s3_server: Any, uri: str) -> S3Store:
+    return S3Store(uri, s3_settings_for(s3_server, uri))
 
 
 @pytest.fixture
@@ -113,16 +114,9 @@ def test_releasing_never_deletes_a_lease_taken_over_meanwhile(
     store: S3Store, s3_server: Any, s3_spool: str
 ) -> None:
     taken: list[Any] = []
-    settings = s3_server.settings(s3_spool)
     racing = TakeoverBeforeDelete(
         s3_spool,
-        S3Settings(
-            access_key_id=settings["AWS_ACCESS_KEY_ID"],
-            secret_access_key=settings["AWS_SECRET_ACCESS_KEY"],
-            endpoint_url=settings["AWS_ENDPOINT_URL"],
-            region_name="us-east-1",
-            use_ssl=False,
-        ),
+        s3_settings_for(s3_server, s3_spool),
         lambda: taken.append(Leases(store, ttl=300, owner="new").claim("run-a/lease.json")),
     )
     try:
