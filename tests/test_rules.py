@@ -325,3 +325,57 @@ def test_the_rules_are_listed_per_site_with_their_counts(tmp_path, capsys):
     listing = capsys.readouterr().out
     assert "books.example  template" in listing
     assert "* jsonld:Book.offers.price  agreed 3, disagreed 0" in listing
+
+
+# Sharing through the spool's object store (an s3:// spool).
+
+
+class RacingStore:
+    """The store, where another machine publishes right after our first read (a race)."""
+
+    def __init__(self, store, other):
+        self.store, self.other, self.uri = store, other, store.uri
+
+    def get(self, key):
+        stored = self.store.get(key)
+        if self.other is not None:
+            other, self.other = self.other, None
+            other.publish()
+        return stored
+
+    def put(self, *args, **kwargs):
+        return self.store.put(*args, **kwargs)
+
+
+def test_rules_published_by_two_machines_at_once_are_merged_and_a_retirement_wins(
+    tmp_path, s3_server, s3_spool
+):
+    from scrapy_llm_extract.rules.shared import KEY, SharedRules
+    from scrapy_llm_extract.rules.store import RuleState, RuleStore, TemplateState
+    from tests.test_store import open_test_store
+
+    promoted = RuleState(streak=9, agreements=9, promoted=True)
+    retired = RuleState(agreements=6, disagreements=2)  # promoted, then contradicted twice
+    for machine, rules in (
+        ("a", {"price": {"jsonld:price": promoted}, "title": {"meta:og:title": promoted}}),
+        ("b", {"price": {"jsonld:price": retired}}),
+    ):
+        local = RuleStore(tmp_path / machine)
+        local.save("shop", "t1", TemplateState(rules=rules, shapes={"price": [machine]}))
+        local.close()
+
+    store = open_test_store(s3_server, s3_spool)
+    a = SharedRules(store, tmp_path / "a")
+    b = SharedRules(RacingStore(store, other=a), tmp_path / "b")
+    b.publish()  # a publishes between b's read and b's write: b's write gets 412, merges, retries
+    SharedRules(store, tmp_path / "a").load()
+    for machine in ("a", "b"):
+        state = RuleStore(tmp_path / machine).load("shop", "t1")
+        assert state is not None
+        assert state.rules["price"]["jsonld:price"] == retired  # more disagreements win
+        assert state.rules["title"]["meta:og:title"] == promoted  # nothing lost
+        assert sorted(state.shapes["price"]) == ["a", "b"]
+    stored = store.get(KEY)
+    assert stored is not None
+    assert {e["template"] for e in json.loads(stored.body)["templates"]} == {"t1"}
+    store.close()

@@ -164,6 +164,40 @@ async def test_collection_learns_from_batch_answers_for_the_next_crawl(
 
 
 @deferred_f_from_coro_f
+async def test_rules_learned_by_a_collector_answer_a_crawl_on_another_machine(
+    tmp_path, local_site, emulator, s3_server, s3_spool
+):
+    """With an s3:// spool, rules travel through its store: machine A crawls to batch and
+    collects, learning from the batch answers; machine B, its own rules dir, is answered."""
+    urls = [local_site.url(f"/product/{n}") for n in range(1, 11)]
+
+    def machine(name):
+        return settings(
+            tmp_path,
+            emulator,
+            **s3_server.settings(s3_spool),
+            LLM_EXTRACT_SPOOL_STAGING_DIR=str(tmp_path / name / "staging"),
+            LLM_EXTRACT_RULES_DIR=str(tmp_path / name / "rules"),
+        )
+
+    first, _ = await crawl(machine("a"), [(url, "low") for url in urls])
+    assert "answered" not in first  # nothing learned yet: every page spooled
+    collected = await collect(machine("a"))
+    assert collected.stats.get_value("llm_extract/collect/rows/extracted") == len(urls)
+    assert collected.stats.get_value(f"{RULES}/promoted") >= 4  # a rule or more per field
+
+    calls = len(emulator.requests())
+    second, recorder = await crawl(machine("b"), [(url, "low") for url in urls])
+    assert second["answered"] == len(urls)
+    assert "model" not in second and "failed/load" not in second
+    assert len(emulator.requests()) == calls
+    for n, url in enumerate(urls, 1):
+        assert {k: recorder.items[url][k] for k in ("title", "price", "currency")} == (
+            expected_fields(n)
+        )
+
+
+@deferred_f_from_coro_f
 async def test_real_time_learning_is_capped_per_template(tmp_path, local_site, emulator):
     urls = [local_site.url(f"/product/{n}") for n in range(1, 9)]
     config = settings(

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from ..lease import LEASE_NAME, Lease, Leases
 from ..manifest import MANIFEST_NAME
 from ..publish import open_store
+from ..rules.shared import SharedRules
 from ..spool import LOCK_NAME, Run
 from ..store import PreconditionFailed
 from .ledger import LEDGER_NAME
@@ -135,7 +136,10 @@ class StoreCollection:
         return "\n".join(lines) + "\n"
 
     def claim(self) -> Path:
-        """Lease and download the runs to collect; the working copy's folder."""
+        """Lease and download the runs to collect, and the rules other machines learned
+        (LLM_EXTRACT_RULES); the working copy's folder."""
+        if self.config.rules:
+            self._share_rules("load")
         for run_id in self.run_ids():
             stored = self.store.get(f"{run_id}/{MANIFEST_NAME}")
             if stored is None or not self._wanted(json.loads(stored.body)):
@@ -215,7 +219,27 @@ class StoreCollection:
     def push(self) -> bool:
         """The last write-back: False if a run could not be written back (lost lease,
         manifest changed, store error: logged)."""
-        return not self.save_progress() and not self.lost
+        pushed = not self.save_progress() and not self.lost
+        return (self._share_rules("publish") if self.config.rules else True) and pushed
+
+    def _share_rules(self, step: str) -> bool:
+        """Load or publish the learned rules through the store; False on failure (logged)."""
+        shared = SharedRules(self.store, self.config.rules_dir)
+        try:
+            shared.load() if step == "load" else shared.publish()
+        except Exception as exc:  # botocore raises many kinds
+            logger.error(
+                "Could not %s the learned rules of %s with %s (%s: %s); this collection"
+                " learns from and into %s only, until a later run publishes them.",
+                step,
+                self.config.rules_dir,
+                self.store.uri,
+                type(exc).__name__,
+                exc,
+                self.config.rules_dir,
+            )
+            return False
+        return True
 
     def save_progress(self) -> int:
         """Upload what changed in each leased run, the manifest last; the number of runs

@@ -5,10 +5,11 @@ this item?" and says "the model answered it". Stats, under
 ``llm_extract/rules/``: ``answered`` (pages the rules answered), ``model``
 (pages that went to the model while rules were on, audits and alarms included),
 ``audited``, ``alarm/<disagree|missing|shape>``, ``disagreements``,
-``promoted``, ``retired``, ``learning_realtime`` (batch pages sent real time to learn
-their template) and ``saved_usd``: what the rule-answered pages would
-have cost the model on their route (prompt tokens as counted, output as the
-answer's JSON), None when the model's price is unknown.
+``promoted``, ``retired``, ``failed/<step>`` (``load``/``publish``: the rules shared
+through an s3:// spool's store, see :mod:`.shared`), ``learning_realtime``
+(batch pages sent real time to learn their template) and ``saved_usd``: what the
+rule-answered pages would have cost the model on their route (prompt tokens as
+counted, output as the answer's JSON), None when the model's price is unknown.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..models import add_costs, cost_usd, model_info, rounded_usd
 from ..router import BATCH, REALTIME
 from ..tokens import count_tokens
 from .book import ALARMS, ANSWERED, AUDIT, UNKNOWN, Learned, RuleBook, Verdict
+from .shared import SharedRules
 
 if TYPE_CHECKING:
     from itemadapter import ItemAdapter
@@ -65,6 +67,7 @@ class RulesGate:
                 f"LLM_EXTRACT_RULES_DIR {config.rules_dir} cannot hold the learned rules ({exc}):"
                 " point it at a writable folder, or set LLM_EXTRACT_RULES = False."
             ) from None
+        self.shared = self._load_shared()
         self._model = model_info(config.model, config.prices)
         self._saved: float | None = 0.0
         self._learning_realtime: Counter[tuple[str, str]] = Counter()
@@ -173,15 +176,42 @@ class RulesGate:
             self.book.close()
         except (OSError, sqlite3.Error):
             self._failed("close", str(self.config.rules_dir))
+        if self.shared is not None:
+            try:
+                self.shared.publish()
+            except Exception:  # botocore raises many kinds; the next crawl publishes them
+                self._failed(
+                    "publish", self.shared.store.uri, "they stay local until the next crawl"
+                )
+            self.shared.store.close()
 
-    def _failed(self, step: str, subject: str | None) -> None:
+    def _load_shared(self) -> SharedRules | None:
+        """With an s3:// spool, the rules other machines published, merged into ours."""
+        if self.book is None or not self.config.spool_store:
+            return None
+        from ..publish import open_store
+
+        shared = SharedRules(open_store(self.config), self.config.rules_dir)
+        try:
+            shared.load()
+        except Exception:  # botocore raises many kinds; rules go on from what is local
+            self._failed("load", shared.store.uri, "this crawl uses its local rules only")
+        return shared
+
+    def _failed(
+        self,
+        step: str,
+        subject: str | None,
+        consequence: str = "the model answers as if LLM_EXTRACT_RULES were off",
+    ) -> None:
         """Count a failure of the rules; the item goes on by the model, never lost."""
         self._inc(f"failed/{step}")
         logger.error(
-            "Learned rules failed to %s (%s); the model answers as if LLM_EXTRACT_RULES were"
-            " off (llm_extract/rules/failed/%s). Check LLM_EXTRACT_RULES_DIR %s.",
+            "Learned rules failed to %s (%s); %s (llm_extract/rules/failed/%s)."
+            " Check LLM_EXTRACT_RULES_DIR %s.",
             step,
             subject,
+            consequence,
             step,
             self.config.rules_dir,
             exc_info=True,
