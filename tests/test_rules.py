@@ -379,3 +379,39 @@ def test_rules_published_by_two_machines_at_once_are_merged_and_a_retirement_win
     assert stored is not None
     assert {e["template"] for e in json.loads(stored.body)["templates"]} == {"t1"}
     store.close()
+
+
+def test_a_value_only_an_inline_script_states_is_read_between_fixed_delimiters():
+    """No element, label or structured data states the stock code: a delimited rule does."""
+    schema = {"type": "object", "properties": {"code": {"type": "string"}}}
+
+    def coded(n, extra=""):
+        script = f"<script>var shop = {{}};\nshop.code = 'K{n:03d}-Z';\n{extra}</script>"
+        return page(n, extra=script)
+
+    rules = book(min_pages=3)
+    for n in range(3):
+        rules.learn(rules.view(coded(n), URL.format(n=n)), {"code": f"K{n:03d}-Z"})
+    result = rules.answer(rules.view(coded(42), URL.format(n=42)), schema)
+    assert result.reason == ANSWERED
+    assert result.fields == {"code": "K042-Z"}
+    (key,) = result.sources["code"]
+    assert key == 'regex:["shop.code = \'", "\';\\n<"]'
+    # A page spooled for batch keeps what the rule read, though not its raw text.
+    rules.remember("u44", rules.view(coded(44), URL.format(n=44)))
+    rules.learn_collected("u44", {"code": "K044-Z"})
+    assert rules.template(rules.view(coded(1), URL.format(n=1))).rules["code"][key].agreements == 4
+    # Its prefix twice on a page: the rule reads nothing there, and the page goes to the model.
+    twice = rules.view(coded(43, extra="shop.code = 'X';\n"), URL.format(n=43))
+    assert rules.answer(twice, schema).reason == ALARM_MISSING
+
+
+def test_delimiters_must_be_long_unique_and_not_digits_only():
+    from scrapy_llm_extract.rules.kinds import delimited_keys, read_delimited
+
+    assert list(delimited_keys("<b>2024 ABC-1 2025</b>", "ABC-1")) == []  # digits-only
+    assert list(delimited_keys("id=ABC-1;", "ABC-1")) == []  # under four characters
+    assert list(delimited_keys("<td>ABC-12</td>", "ABC-1")) == []  # cut out of a longer code
+    assert list(delimited_keys("<i>x</i><td>1</td><i>x</i><td>2</td>", "1")) == []  # not unique
+    (key,) = delimited_keys("<p><td>AB &amp; C</td>", "AB &amp; C")
+    assert read_delimited("<p><td>AB &amp; D</td>", key) == "AB & D"

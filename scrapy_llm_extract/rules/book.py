@@ -31,11 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .kinds import PageView, observe
+from .kinds import DELIMITED, PageView, delimited_keys, observe, read_delimited
 from .store import RuleState, RuleStore, TemplateState
 from .values import MISSING, canonical, scalar_field, shape, typed
 
 ABSENT = "absent"
+#: A delimited rule on a stored page whose raw text was not kept: neither agrees nor not.
+UNREAD = object()
 AUDIT_HALF_LIFE = 20
 
 # Why a page went to the model (Verdict.reason).
@@ -119,6 +121,7 @@ class RuleBook:
             value: Any = MISSING
             for key, rule in sorted(active.items()):
                 raw = _read(view, key)
+                raw = MISSING if raw is UNREAD else raw
                 if raw is MISSING and not rule.absent_ok:
                     return Verdict(view, ALARM_MISSING, alarm_field=name)
                 typed_value = typed(None if raw is MISSING else raw, prop)
@@ -162,6 +165,8 @@ class RuleBook:
             for key in list(rules):
                 rule = rules[key]
                 raw = _read(view, key)
+                if raw is UNREAD:
+                    continue
                 if raw is MISSING:
                     agrees = expected is None
                     rule.absent_ok = rule.absent_ok or agrees
@@ -174,7 +179,7 @@ class RuleBook:
                 if self._disagreed(rule, learned):
                     del rules[key]
             learned.disagreements += field_disagreed
-            for key in self._new_candidates(view, expected, rules):
+            for key in self._new_candidates(view, value, expected, rules):
                 rules[key] = RuleState(absent_ok=key == ABSENT)
                 self._agreed(rules[key], learned)
         if learned.promoted or learned.retired:
@@ -211,16 +216,30 @@ class RuleBook:
         return True  # a candidate proven wrong before promotion: forgotten
 
     def _new_candidates(
-        self, view: PageView, expected: Any, rules: dict[str, RuleState]
+        self, view: PageView, value: Any, expected: Any, rules: dict[str, RuleState]
     ) -> list[str]:
         if expected is None:
             return [] if ABSENT in rules else [ABSENT]
-        return [k for k in view.values if k not in rules and view.canonical(k) == expected]
+        keys = [k for k in view.values if k not in rules and view.canonical(k) == expected]
+        if view.source is not None and isinstance(value, str | int | float):
+            keys += [
+                key
+                for key in dict.fromkeys(delimited_keys(view.source, str(value)))
+                if key not in rules
+                and (raw := _read(view, key)) is not MISSING
+                and canonical(raw) == expected
+            ]
+        return keys
 
     # Batch answers: learn from a page seen at crawl time, answered at collection.
 
     def remember(self, url: str, view: PageView) -> None:
-        """Keep a spooled page's values until its batch answer comes back."""
+        """Keep a spooled page's values until its batch answer comes back: its raw text is
+        not kept, so the values of the template's delimited rules are read now."""
+        for rules in self.template(view).rules.values():
+            for key in rules:
+                if key.startswith(DELIMITED) and (value := _read(view, key)) is not MISSING:
+                    view.values[key] = value
         self.store.put_pending(url, view.to_json())
 
     def learn_collected(self, url: str, answer: Mapping[str, Any]) -> Learned | None:
@@ -237,4 +256,9 @@ class RuleBook:
 def _read(view: PageView, key: str) -> Any:
     if key == ABSENT:
         return None
-    return view.values.get(key, MISSING)
+    if key in view.values or not key.startswith(DELIMITED):
+        return view.values.get(key, MISSING)
+    if view.source is None:
+        return UNREAD
+    value = read_delimited(view.source, key)
+    return MISSING if value is None else value

@@ -4,7 +4,10 @@ A page is *observed* once: every value a rule of any kind could read from it,
 keyed by the rule (``jsonld:Product.offers.price``, ``meta:og:title``,
 ``itemprop:offers.price``, ``title`` (the head's), ``css:p.product__price``,
 ``css:div.buybox>b``, ``label:manufacturer``). Learning keeps the keys whose
-value equals the model's answer; answering looks the promoted keys up. Keys
+value equals the model's answer; answering looks the promoted keys up. One kind
+is found from the answer instead: a *delimited* rule (``regex:["sku = '", "';\\n<"]``)
+reads the raw page between a fixed prefix and suffix seen around the answer (an
+inline script's variable, say); see :func:`delimited_keys`. Keys
 are anchored on names (JSON-LD keys, meta names, itemprop, ids, classes, data
 attributes, visible labels), never on positions, and class names or ids that
 look generated (hashes, long digit and letter mixes) are not used at all, as
@@ -23,6 +26,7 @@ its pages are then learned afresh.
 from __future__ import annotations
 
 import hashlib
+import html
 import itertools
 import json
 import re
@@ -45,6 +49,14 @@ _SKIP_TEXT = frozenset({"script", "style", "noscript", "template", "svg"})
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,40}")
 _LABEL = re.compile(r"([^:]{1,40}):(?:\s+(.+))?")
 _AMBIGUOUS = object()
+DELIMITED = "regex:"
+#: Delimiters of a delimited rule: at least MIN_DELIMITER characters, not only digits or
+#: spaces; the prefix up to PREFIX_CHARS before the value (from its line's start), the
+#: suffix MIN_DELIMITER after it; the prefix must occur once in the page.
+MIN_DELIMITER = 4
+PREFIX_CHARS = 16
+#: Places of the answer on a page tried for delimiters (a title may be in ten places).
+MAX_OCCURRENCES = 8
 
 
 def stable_name(name: str) -> bool:
@@ -69,6 +81,8 @@ class PageView:
     site: str
     template: str
     values: dict[str, str]
+    #: The raw page, for delimited rules (None once stored: see RuleBook.remember).
+    source: str | None = field(default=None, repr=False)
     _canonical: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def canonical(self, key: str) -> Any:
@@ -98,6 +112,7 @@ def observe(source: str | bytes, url: str | None) -> PageView:
         root = lxml.html.fromstring(source.encode() if isinstance(source, str) else source)
     except lxml.etree.ParserError:
         return PageView(site_of(url), "empty", {})
+    raw = source if isinstance(source, str) else source.decode("utf-8", "replace")
     found: dict[str, Any] = {}
     skeleton: set[str] = set()
 
@@ -136,7 +151,40 @@ def observe(source: str | bytes, url: str | None) -> PageView:
         _labels(body, add)
     values = {key: value for key, value in found.items() if value is not _AMBIGUOUS}
     digest = hashlib.sha1("\n".join(sorted(skeleton)).encode()).hexdigest()[:12]
-    return PageView(site_of(url), digest, values)
+    return PageView(site_of(url), digest, values, raw)
+
+
+def delimited_keys(source: str, value: str) -> Iterator[str]:
+    """Delimited rule keys around the places ``value`` stands in the raw page."""
+    start = source.find(value) if value else -1
+    for _ in range(MAX_OCCURRENCES):
+        if start < 0:
+            return
+        end = start + len(value)
+        prefix = source[max(0, start - PREFIX_CHARS) : start].rsplit("\n", 1)[-1]
+        suffix = source[end : end + MIN_DELIMITER]
+        # A value cut out of a longer word or number ("11.0" in "11.00") is not delimited.
+        cut = (prefix[-1:] + value[:1]).isalnum() or (value[-1:] + suffix[:1]).isalnum()
+        if not cut and _delimiter(prefix) and _delimiter(suffix) and source.count(prefix) == 1:
+            yield DELIMITED + json.dumps([prefix, suffix])
+        start = source.find(value, end)
+
+
+def read_delimited(source: str, key: str) -> str | None:
+    """What a delimited rule reads: None when its prefix is not in the page exactly once."""
+    prefix, suffix = json.loads(key.removeprefix(DELIMITED))
+    start = source.find(prefix)
+    if start < 0 or source.find(prefix, start + 1) >= 0:
+        return None
+    start += len(prefix)
+    end = source.find(suffix, start)
+    if end < 0 or end - start > MAX_TEXT:
+        return None
+    return clean_text(html.unescape(source[start:end])) or None
+
+
+def _delimiter(text: str) -> bool:
+    return len(text) >= MIN_DELIMITER and not text.replace(" ", "").isdigit() and bool(text.strip())
 
 
 def _jsonld_types(data: Any) -> Iterator[str]:
