@@ -401,6 +401,11 @@ def test_a_value_only_an_inline_script_states_is_read_between_fixed_delimiters()
     rules.remember("u44", rules.view(coded(44), URL.format(n=44)))
     rules.learn_collected("u44", {"code": "K044-Z"})
     assert rules.template(rules.view(coded(1), URL.format(n=1))).rules["code"][key].agreements == 4
+    # The most brittle kind is a last resort: none for fields that other kinds read.
+    state = rules.template(rules.view(coded(1), URL.format(n=1)))
+    assert not [k for k in state.rules.get("title", {}) if k.startswith("regex:")]
+    rules.learn(rules.view(coded(45), URL.format(n=45)), {"title": "Book 045"})
+    assert state.rules["title"] and not [k for k in state.rules["title"] if "regex:" in k]
     # Its prefix twice on a page: the rule reads nothing there, and the page goes to the model.
     twice = rules.view(coded(43, extra="shop.code = 'X';\n"), URL.format(n=43))
     assert rules.answer(twice, schema).reason == ALARM_MISSING

@@ -221,7 +221,9 @@ class RuleBook:
         if expected is None:
             return [] if ABSENT in rules else [ABSENT]
         keys = [k for k in view.values if k not in rules and view.canonical(k) == expected]
-        if view.source is not None and isinstance(value, str | int | float):
+        # Delimited rules, the most brittle kind, only for a field no other kind can read.
+        named = keys or any(not k.startswith(DELIMITED) and k != ABSENT for k in rules)
+        if not named and view.source is not None and isinstance(value, str | int | float):
             keys += [
                 key
                 for key in dict.fromkeys(delimited_keys(view.source, str(value)))
