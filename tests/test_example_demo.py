@@ -23,7 +23,8 @@ def test_readme_starts_with_the_demo_command() -> None:
     assert first_block.splitlines()[0] == "python3 example_project/demo.py"
 
 
-def test_demo_crawls_collects_and_says_where_the_items_are(tmp_path: Path) -> None:
+def run_demo(tmp_path: Path, *args: str) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """``demo.py`` on a copy of the example project, in this venv, with a key it must not use."""
     project = Path(
         shutil.copytree(
             EXAMPLE,
@@ -33,13 +34,18 @@ def test_demo_crawls_collects_and_says_where_the_items_are(tmp_path: Path) -> No
     )
     env = {**os.environ, "OPENAI_API_KEY": "sk-must-not-be-used"}
     result = subprocess.run(
-        [sys.executable, str(project / "demo.py"), "--venv", sys.prefix],
+        [sys.executable, str(project / "demo.py"), "--venv", sys.prefix, *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
+    return project, result
+
+
+def test_demo_crawls_collects_and_says_where_the_items_are(tmp_path: Path) -> None:
+    project, result = run_demo(tmp_path)
     assert result.returncode == 0, result.stderr[-5000:]
     out = result.stdout
     assert "48 products extracted:" in out

@@ -1,17 +1,15 @@
 """Learned rules in real crawls: the second crawl of a shop is answered without the model."""
 
-import os
 import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import scrapy
 from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.test import get_crawler
 
 from tests.collect_helpers import collect
+from tests.test_example_demo import run_demo
 from tests.test_realtime_crawl import Recorder, expected_fields, spooled_urls
 
 RULES = "llm_extract/rules"
@@ -211,23 +209,7 @@ async def test_real_time_learning_is_capped_per_template(tmp_path, local_site, e
 
 def test_the_demo_shows_rules_answering_a_repeated_crawl(tmp_path):
     """``python3 example_project/demo.py --rules``: two crawls of the shop, then collection."""
-    example = Path(__file__).resolve().parent.parent / "example_project"
-    project = Path(
-        shutil.copytree(
-            example,
-            tmp_path / "example_project",
-            ignore=shutil.ignore_patterns(".scrapy", "output", "__pycache__"),
-        )
-    )
-    env = {**os.environ, "OPENAI_API_KEY": "sk-must-not-be-used"}
-    result = subprocess.run(
-        [sys.executable, str(project / "demo.py"), "--venv", sys.prefix, "--rules"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    project, result = run_demo(tmp_path, "--rules")
     assert result.returncode == 0, result.stderr[-5000:]
     lines = {int(m[1]): (int(m[2]), int(m[3])) for m in CRAWL_LINE.finditer(result.stdout)}
     assert set(lines) == {1, 2}
