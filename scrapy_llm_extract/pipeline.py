@@ -38,6 +38,8 @@ from .workers import PrepareWorkers
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
+    from .rules.book import Verdict
+
 logger = logging.getLogger(__name__)
 
 #: Level of Scrapy's "Dropped:" line for a held-back item: NOTSET (0), under any handler's
@@ -136,10 +138,9 @@ class LLMExtractPipeline:
                 self.rules.learn(adapter, verdict, outcome.fields)
                 self._merge(adapter, outcome)
                 return item
-            return self._realtime_failed(item, adapter, prepared, outcome)
+            return self._realtime_failed(item, adapter, prepared, outcome, verdict)
         assert route == BATCH
-        self.rules.spooled(verdict, prepared.url)
-        return self._spool(item, prepared)
+        return self._spool(item, prepared, verdict)
 
     def _merge(self, adapter: ItemAdapter, outcome: Extracted) -> None:
         rejected = merge_extracted(adapter, outcome.fields, self.config)
@@ -153,7 +154,12 @@ class LLMExtractPipeline:
             )
 
     def _realtime_failed(
-        self, item: Any, adapter: ItemAdapter, prepared: Prepared, failure: Failure
+        self,
+        item: Any,
+        adapter: ItemAdapter,
+        prepared: Prepared,
+        failure: Failure,
+        verdict: Verdict | None,
     ) -> Any:
         if self.config.realtime_fallback == BATCH:
             self.stats.inc_value("llm_extract/realtime/fallback_to_batch")
@@ -163,7 +169,7 @@ class LLMExtractPipeline:
                 failure.kind,
                 failure.message,
             )
-            return self._spool(item, prepared)
+            return self._spool(item, prepared, verdict)
         set_field(adapter, self.config.error_field, f"{failure.kind}: {failure.message}")
         logger.warning(
             "Real-time extraction of %s failed (%s: %s); passing the item on with %s set.",
@@ -174,9 +180,10 @@ class LLMExtractPipeline:
         )
         return item
 
-    def _spool(self, item: Any, prepared: Prepared) -> Any:
+    def _spool(self, item: Any, prepared: Prepared, verdict: Verdict | None) -> Any:
+        """Spool the item's request; with learned rules on, its page's values go along."""
         try:
-            self.spool.add(prepared, item_record(item, self.config))
+            self.spool.add(prepared, item_record(item, self.config) | self.rules.spooled(verdict))
         except UnspoolableItem as exc:
             return self._not_spooled(item, prepared, "unspoolable_item", exc)
         except OSError as exc:

@@ -246,16 +246,21 @@ def test_rules_persist_across_rule_books(tmp_path):
     second.close()
 
 
-def test_a_batch_answer_is_learned_from_the_page_remembered_at_crawl_time(tmp_path):
-    rules = book(tmp_path, min_pages=1)
+def test_a_batch_answer_is_learned_from_the_page_its_row_kept(tmp_path):
+    """The page travels with its spool row (as JSON), so a collector with another rules dir,
+    on another machine, learns from it; a row delivered again is learned once."""
     url = URL.format(n=1)
-    rules.remember(url, rules.view(page(1), url))
-    rules.close()
-    collector = book(tmp_path, min_pages=1)
-    assert collector.learn_collected(url, answer(1)).promoted >= 3
-    assert collector.learn_collected(url, answer(1)) is None  # learned once
+    kept = json.loads(json.dumps(book(tmp_path / "crawl").remember(book().view(page(1), url))))
+    collector = book(tmp_path / "collector", min_pages=1)
+    assert collector.learn_collected("run-1", kept, answer(1)).promoted >= 3
+    assert collector.learn_collected("run-1", kept, answer(1)) is None  # learned once
     assert verdict(collector, page(5), 5).fields == answer(5)
     collector.close()
+    # Learned once even by the next collection on this machine (the rules dir remembers it).
+    again = book(tmp_path / "collector", min_pages=1)
+    assert again.learn_collected("run-1", kept, answer(1)) is None
+    assert again.learn_collected("run-2", kept, answer(1)) is not None
+    again.close()
 
 
 # Settings.
@@ -302,12 +307,13 @@ def test_collection_learns_a_batch_answer_through_the_gate(tmp_path):
     )
     crawl = RulesGate(config, Stats())
     url = URL.format(n=1)
-    crawl.spooled(Verdict(crawl.book.view(page(1), url), UNKNOWN), url)
+    record = {"custom_id": "run-1", "url": url}
+    record |= crawl.spooled(Verdict(crawl.book.view(page(1), url), UNKNOWN))
     crawl.close()
     stats = Stats()
     collector = RulesGate(config, stats)
     item = {"url": url, **answer(1)}
-    collector.collected(ItemAdapter(item), answer(1))
+    collector.collected(ItemAdapter(item), json.loads(json.dumps(record)), answer(1))
     collector.close()
     assert item["extracted_by"] == dict.fromkeys(answer(1), "model")
     assert stats.values["llm_extract/rules/promoted"] >= 3
@@ -398,8 +404,8 @@ def test_a_value_only_an_inline_script_states_is_read_between_fixed_delimiters()
     (key,) = result.sources["code"]
     assert key == 'regex:["shop.code = \'", "\';\\n<"]'
     # A page spooled for batch keeps what the rule read, though not its raw text.
-    rules.remember("u44", rules.view(coded(44), URL.format(n=44)))
-    rules.learn_collected("u44", {"code": "K044-Z"})
+    kept = json.loads(json.dumps(rules.remember(rules.view(coded(44), URL.format(n=44)))))
+    rules.learn_collected("row-44", kept, {"code": "K044-Z"})
     assert rules.template(rules.view(coded(1), URL.format(n=1))).rules["code"][key].agreements == 4
     # The most brittle kind is a last resort: none for fields that other kinds read.
     state = rules.template(rules.view(coded(1), URL.format(n=1)))

@@ -10,7 +10,7 @@ from scrapy.utils.test import get_crawler
 
 from tests.collect_helpers import collect
 from tests.test_example_demo import run_demo
-from tests.test_realtime_crawl import Recorder, expected_fields, spooled_urls
+from tests.test_realtime_crawl import Recorder, expected_fields, product_page, spooled_urls
 
 RULES = "llm_extract/rules"
 
@@ -162,11 +162,12 @@ async def test_collection_learns_from_batch_answers_for_the_next_crawl(
 
 
 @deferred_f_from_coro_f
-async def test_rules_learned_by_a_collector_answer_a_crawl_on_another_machine(
+async def test_batch_answers_collected_on_another_machine_teach_a_third_one(
     tmp_path, local_site, emulator, s3_server, s3_spool
 ):
-    """With an s3:// spool, rules travel through its store: machine A crawls to batch and
-    collects, learning from the batch answers; machine B, its own rules dir, is answered."""
+    """With an s3:// spool, each machine its own rules dir: machine A crawls to batch, B
+    collects and learns from the batch answers (the pages travel with their rows), and a crawl
+    on C is answered by the rules B published to the store."""
     urls = [local_site.url(f"/product/{n}") for n in range(1, 11)]
 
     def machine(name):
@@ -180,19 +181,41 @@ async def test_rules_learned_by_a_collector_answer_a_crawl_on_another_machine(
 
     first, _ = await crawl(machine("a"), [(url, "low") for url in urls])
     assert "answered" not in first  # nothing learned yet: every page spooled
-    collected = await collect(machine("a"))
+    collected = await collect(machine("b"))
     assert collected.stats.get_value("llm_extract/collect/rows/extracted") == len(urls)
     assert collected.stats.get_value(f"{RULES}/promoted") >= 4  # a rule or more per field
+    assert not [k for k in collected.stats.get_stats() if k.startswith(f"{RULES}/failed")]
 
     calls = len(emulator.requests())
-    second, recorder = await crawl(machine("b"), [(url, "low") for url in urls])
-    assert second["answered"] == len(urls)
-    assert "model" not in second and "failed/load" not in second
+    third, recorder = await crawl(machine("c"), [(url, "low") for url in urls])
+    assert third["answered"] == len(urls)
+    assert "model" not in third and "failed/load" not in third
     assert len(emulator.requests()) == calls
     for n, url in enumerate(urls, 1):
         assert {k: recorder.items[url][k] for k in ("title", "price", "currency")} == (
             expected_fields(n)
         )
+
+
+@deferred_f_from_coro_f
+async def test_a_page_whose_real_time_call_failed_is_learned_from_its_batch_answer(
+    tmp_path, local_site, emulator
+):
+    """An urgent page whose real-time call fails falls back to batch; its row keeps its page,
+    so its batch answer teaches the rules like any spooled page's."""
+    url = local_site.add("/slow", product_page(3, text="Special offer [[emulator:hang]]"))
+    config = settings(
+        tmp_path,
+        emulator,
+        LLM_EXTRACT_RULES_MIN_PAGES=1,
+        LLM_EXTRACT_TIMEOUT=0.5,
+        LLM_EXTRACT_MAX_RETRIES=0,
+    )
+    first, _ = await crawl(config, [(url, "high")])
+    assert first["model"] == 1 and "promoted" not in first
+    assert spooled_urls(tmp_path) == [url]
+    collected = await collect(config)
+    assert collected.stats.get_value(f"{RULES}/promoted") >= 4
 
 
 @deferred_f_from_coro_f

@@ -622,7 +622,7 @@ class Collector:
         rejected = merge_extracted(adapter, outcome.fields, self.config)
         if rejected:
             self._inc("merge/rejected_fields", len(rejected))
-        self.rules.collected(adapter, outcome.fields)
+        self.rules.collected(adapter, record, outcome.fields)
         name = self.config.row_id_field
         if name and not set_field(adapter, name, record["custom_id"]) and not self._warned_row_id:
             self._warned_row_id = True

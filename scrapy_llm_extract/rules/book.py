@@ -235,19 +235,25 @@ class RuleBook:
 
     # Batch answers: learn from a page seen at crawl time, answered at collection.
 
-    def remember(self, url: str, view: PageView) -> None:
-        """Keep a spooled page's values until its batch answer comes back: its raw text is
-        not kept, so the values of the template's delimited rules are read now."""
+    def remember(self, view: PageView) -> dict[str, Any]:
+        """What a spooled page's row keeps, to learn from its batch answer wherever it is
+        collected: the values rules read (its raw text is not kept, so the values of the
+        template's delimited rules are read now)."""
+        kept = PageView(view.site, view.template, dict(view.values))
         for rules in self.template(view).rules.values():
             for key in rules:
                 if key.startswith(DELIMITED) and (value := _read(view, key)) is not MISSING:
-                    view.values[key] = value
-        self.store.put_pending(url, view.to_json())
+                    kept.values[key] = value
+        return kept.to_dict()
 
-    def learn_collected(self, url: str, answer: Mapping[str, Any]) -> Learned | None:
-        """Learn from a batch answer of a page remembered at crawl time (None: not remembered)."""
-        saved = self.store.take_pending(url)
-        return None if saved is None else self.learn(PageView.from_json(saved), answer)
+    def learn_collected(
+        self, row_id: str, page: Mapping[str, Any], answer: Mapping[str, Any]
+    ) -> Learned | None:
+        """Learn from the batch answer of a page kept by :meth:`remember`, once per row
+        (None: learned before, as when a row is delivered again after a kill)."""
+        if not self.store.first_learning(row_id):
+            return None
+        return self.learn(PageView.from_dict(page), answer)
 
     def close(self) -> None:
         for (site, template), state in self._templates.items():

@@ -29,6 +29,8 @@ from .book import ALARMS, ANSWERED, AUDIT, UNKNOWN, Learned, RuleBook, Verdict
 from .shared import SharedRules
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from itemadapter import ItemAdapter
     from scrapy.statscollectors import StatsCollector
 
@@ -39,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 STATS_PREFIX = "llm_extract/rules"
 MODEL = "model"
+#: The sidecar key of a spooled page's values (see RulesGate.spooled).
+PAGE_KEY = "rules_page"
 
 
 def rule_book(config: Config) -> RuleBook:
@@ -131,30 +135,37 @@ class RulesGate:
             return
         self.count(learned, verdict.view.site)
 
-    def collected(self, adapter: ItemAdapter, fields: dict[str, Any]) -> None:
-        """A batch answer merged by collection: learn from the page remembered when spooled."""
+    def spooled(self, verdict: Verdict | None) -> dict[str, Any]:
+        """A page going to the Batch API: what its spool row keeps to learn from its answer.
+
+        The page travels with its row (``rules_page`` in the sidecar), so any machine that
+        collects the run learns from it, and a resubmitted row keeps it.
+        """
+        if verdict is None or self.book is None:
+            return {}
+        try:
+            return {PAGE_KEY: self.book.remember(verdict.view)}
+        except Exception:  # the row is spooled all the same; only its lesson is lost
+            self._failed("remember", verdict.view.site, "its batch answer teaches nothing")
+            return {}
+
+    def collected(
+        self, adapter: ItemAdapter, record: Mapping[str, Any], fields: dict[str, Any]
+    ) -> None:
+        """A batch answer merged by collection: learn from the page its row kept."""
         if self.book is None:
             return
         self._mark(adapter, dict.fromkeys(fields, MODEL))
-        url = adapter.get(self.config.url_field)
-        if url is None:
+        page = record.get(PAGE_KEY)
+        if page is None:  # spooled with LLM_EXTRACT_RULES off
             return
         try:
-            learned = self.book.learn_collected(str(url), fields)
+            learned = self.book.learn_collected(str(record["custom_id"]), page, fields)
         except (OSError, sqlite3.Error):
-            self._failed("learn", str(url))
+            self._failed("learn", str(record.get("url")))
             return
         if learned is not None:
-            self.count(learned, str(url))
-
-    def spooled(self, verdict: Verdict | None, url: str | None) -> None:
-        """A page gone to the Batch API: keep what rules read on it for its answer's return."""
-        if verdict is None or self.book is None or not url:
-            return
-        try:
-            self.book.remember(url, verdict.view)
-        except (OSError, sqlite3.Error):
-            self._failed("remember", url)
+            self.count(learned, str(page.get("site")))
 
     def count(self, learned: Learned, site: str) -> None:
         for name in ("promoted", "retired", "disagreements"):

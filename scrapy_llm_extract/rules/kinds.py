@@ -30,7 +30,7 @@ import html
 import itertools
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -81,7 +81,7 @@ class PageView:
     site: str
     template: str
     values: dict[str, str]
-    #: The raw page, for delimited rules (None once stored: see RuleBook.remember).
+    #: The raw page, for delimited rules (None once spooled: see RuleBook.remember).
     source: str | None = field(default=None, repr=False)
     _canonical: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -90,13 +90,12 @@ class PageView:
             self._canonical[key] = canonical(self.values[key])
         return self._canonical[key]
 
-    def to_json(self) -> str:
-        return json.dumps({"site": self.site, "template": self.template, "values": self.values})
+    def to_dict(self) -> dict[str, Any]:
+        return {"site": self.site, "template": self.template, "values": self.values}
 
     @classmethod
-    def from_json(cls, text: str) -> PageView:
-        data = json.loads(text)
-        return cls(data["site"], data["template"], data["values"])
+    def from_dict(cls, data: Mapping[str, Any]) -> PageView:
+        return cls(str(data["site"]), str(data["template"]), dict(data["values"]))
 
 
 def site_of(url: str | None) -> str:

@@ -3,15 +3,17 @@
 The rule book keeps a template's state in memory while it is used and writes
 it back whenever a model answer changed it, so a crawl that dies keeps what it
 learned up to its last answer. One process writes a rules dir at a time (the
-last writer wins a template); several readers are fine (WAL). Pages spooled
-for the Batch API while their template is still being learned wait here, as
-the values rules read on them, until their answer is collected.
+last writer wins a template); several readers are fine (WAL). A page spooled
+for the Batch API travels with its row (see RuleBook.remember); this store only
+notes which rows' answers were learned, so a row delivered again after a kill
+does not count twice in the committee.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,9 +24,11 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS templates (
     site TEXT NOT NULL, template TEXT NOT NULL, state TEXT NOT NULL,
     PRIMARY KEY (site, template));
-CREATE TABLE IF NOT EXISTS pending (
-    url TEXT PRIMARY KEY, view TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS learned_rows (
+    row_id TEXT PRIMARY KEY, learned_at REAL NOT NULL);
 """
+#: How long a learned row is remembered: far beyond a batch's 24 h and a collection's retries.
+LEARNED_ROWS_DAYS = 30
 
 
 @dataclass
@@ -66,7 +70,7 @@ class TemplateState:
 
 
 class RuleStore:
-    """Templates and pending pages in ``directory``/rules.sqlite3 (None: in memory only)."""
+    """Templates and learned rows in ``directory``/rules.sqlite3 (None: in memory only)."""
 
     def __init__(self, directory: Path | None) -> None:
         if directory is None:
@@ -79,6 +83,7 @@ class RuleStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._pruned = False
 
     def load(self, site: str, template: str) -> TemplateState | None:
         row = self._db.execute(
@@ -99,18 +104,21 @@ class RuleStore:
         ):
             yield site, template, TemplateState.from_json(state)
 
-    def put_pending(self, url: str, view: str) -> None:
+    def first_learning(self, row_id: str) -> bool:
+        """Note that the answer of spooled row ``row_id`` is learned; False if it was before."""
+        now = time.time()
         with self._db:
-            self._db.execute(
-                "INSERT OR REPLACE INTO pending (url, view) VALUES (?, ?)", (url, view)
+            if not self._pruned:
+                self._db.execute(
+                    "DELETE FROM learned_rows WHERE learned_at < ?",
+                    (now - LEARNED_ROWS_DAYS * 86400,),
+                )
+                self._pruned = True
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO learned_rows (row_id, learned_at) VALUES (?, ?)",
+                (row_id, now),
             )
-
-    def take_pending(self, url: str) -> str | None:
-        with self._db:
-            row = self._db.execute("SELECT view FROM pending WHERE url = ?", (url,)).fetchone()
-            if row is not None:
-                self._db.execute("DELETE FROM pending WHERE url = ?", (url,))
-        return None if row is None else str(row[0])
+        return cursor.rowcount == 1
 
     def close(self) -> None:
         self._db.close()
