@@ -1,5 +1,6 @@
 """Learned rules as plain modules: values, what rules read, committee, audit, persistence."""
 
+import copy
 import json
 import random
 
@@ -143,15 +144,24 @@ def test_a_rule_is_promoted_after_min_pages_answers_in_a_row():
     assert "css:span.price" in result.sources["price"]
 
 
-def test_a_candidate_the_model_contradicts_is_forgotten():
+def test_a_candidate_the_model_contradicts_starts_over_and_a_stale_copy_cannot_revive_it():
+    from scrapy_llm_extract.rules.shared import merge_template
+
     rules = book(min_pages=3)
     teach(rules, range(2))
     view = rules.view(page(2), URL.format(n=2))
+    before = copy.deepcopy(rules.template(view))  # another machine's copy, from before
     rules.learn(view, {**answer(2), "price": 99.0})
     state = rules.template(view)
-    assert "css:span.price" not in state.rules["price"]
+    contradicted = state.rules["price"]["css:span.price"]
+    assert (contradicted.streak, contradicted.disagreements) == (0, 1)
+    # Merged with a copy from before the contradiction, the contradiction stands.
+    assert merge_template(before, state).rules["price"]["css:span.price"] == contradicted
+    assert merge_template(state, before).rules["price"]["css:span.price"] == contradicted
     teach(rules, range(3, 5))
     assert verdict(rules, page(50)).reason == UNKNOWN  # a streak of 2 after the contradiction
+    teach(rules, [5])
+    assert verdict(rules, page(50)).reason == ANSWERED  # learned afresh: 3 in a row
 
 
 def test_rules_that_disagree_send_the_page_to_the_model():

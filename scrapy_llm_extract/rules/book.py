@@ -176,8 +176,7 @@ class RuleBook:
                     self._agreed(rule, learned)
                     continue
                 field_disagreed = field_disagreed or rule.promoted
-                if self._disagreed(rule, learned):
-                    del rules[key]
+                self._disagreed(rule, learned)
             learned.disagreements += field_disagreed
             for key in self._new_candidates(view, value, expected, rules):
                 rules[key] = RuleState(absent_ok=key == ABSENT)
@@ -202,18 +201,16 @@ class RuleBook:
             rule.promoted = True
             learned.promoted += 1
 
-    def _disagreed(self, rule: RuleState, learned: Learned) -> bool:
-        """Count a contradiction; True when the rule should be forgotten."""
+    def _disagreed(self, rule: RuleState, learned: Learned) -> None:
+        """Count a contradiction. The rule is kept, with its count, not forgotten: shared
+        rules merge by disagreements, so a machine's stale copy cannot bring it back."""
         rule.streak = 0
         rule.disagreements += 1
         if rule.suspect:
             rule.suspect = rule.promoted = False
-            learned.retired += 1
-            return False  # kept as a candidate: it may be learned again
-        if rule.promoted:
+            learned.retired += 1  # a candidate again: it must be learned afresh
+        elif rule.promoted:
             rule.suspect = True
-            return False
-        return True  # a candidate proven wrong before promotion: forgotten
 
     def _new_candidates(
         self, view: PageView, value: Any, expected: Any, rules: dict[str, RuleState]
@@ -221,8 +218,12 @@ class RuleBook:
         if expected is None:
             return [] if ABSENT in rules else [ABSENT]
         keys = [k for k in view.values if k not in rules and view.canonical(k) == expected]
-        # Delimited rules, the most brittle kind, only for a field no other kind can read.
-        named = keys or any(not k.startswith(DELIMITED) and k != ABSENT for k in rules)
+        # Delimited rules, the most brittle kind, only for a field no other kind can read
+        # (a rule the model just contradicted reads nothing right).
+        named = keys or any(
+            not k.startswith(DELIMITED) and k != ABSENT and (r.streak or r.promoted)
+            for k, r in rules.items()
+        )
         if not named and view.source is not None and isinstance(value, str | int | float):
             keys += [
                 key
