@@ -327,6 +327,14 @@ def test_collection_learns_a_batch_answer_through_the_gate(tmp_path):
     collector.close()
     assert item["extracted_by"] == dict.fromkeys(answer(1), "model")
     assert stats.values["llm_extract/rules/promoted"] >= 3
+    # A row whose kept page cannot be read (a hand-edited sidecar, say) costs its lesson only.
+    torn = {"custom_id": "run-2", "url": url, "rules_page": {"site": "books.example"}}
+    other = {"url": url}
+    collector = RulesGate(config, stats)
+    collector.collected(ItemAdapter(other), torn, answer(1))
+    collector.close()
+    assert stats.values["llm_extract/rules/failed/learn"] == 1
+    assert other["extracted_by"] == dict.fromkeys(answer(1), "model")
 
 
 def test_the_rules_are_listed_per_site_with_their_counts(tmp_path, capsys):

@@ -130,7 +130,7 @@ class RulesGate:
         self._mark(adapter, dict.fromkeys(fields, MODEL))
         try:
             learned = self.book.learn(verdict.view, fields)
-        except (OSError, sqlite3.Error):
+        except Exception:  # the item is extracted: a lesson lost must not cost it
             self._failed("learn", verdict.view.site)
             return
         self.count(learned, verdict.view.site)
@@ -161,7 +161,7 @@ class RulesGate:
             return
         try:
             learned = self.book.learn_collected(str(record["custom_id"]), page, fields)
-        except (OSError, sqlite3.Error):
+        except Exception:  # the item is extracted: a lesson lost must not cost it
             self._failed("learn", str(record.get("url")))
             return
         if learned is not None:
