@@ -47,6 +47,9 @@ PENDING = "pending"
 SUBMITTING = "submitting"
 #: A batch was created: ``batch_id`` is its id.
 SUBMITTED = "submitted"
+#: Top-level key: OpenAI files no longer needed (uploads given up on, files of a collected
+#: run) whose delete has not succeeded yet; every collect-batches pass retries them.
+FILES_TO_DELETE = "files_to_delete"
 
 
 def utc_now() -> str:

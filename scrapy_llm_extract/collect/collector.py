@@ -39,7 +39,7 @@ from ..client import async_client, redact
 from ..config import Config
 from ..extraction import ExtractionSchema, Prepared
 from ..items import merge_extracted, rebuild_item, set_field
-from ..manifest import PENDING, SUBMITTED, SUBMITTING, utc_now
+from ..manifest import FILES_TO_DELETE, PENDING, SUBMITTED, SUBMITTING, utc_now
 from ..models import add_costs, cost_usd, format_usd, model_info, retarget, rounded_usd
 from ..prompt import ExtractionRequest, dump_json
 from ..results import (
@@ -74,8 +74,6 @@ logger = logging.getLogger("scrapy_llm_extract.collect")
 STATS_PREFIX = "llm_extract/collect"
 #: Manifest status of a file whose every row is accounted for.
 COLLECTED = "collected"
-#: Manifest key: OpenAI files of a collected run still to delete.
-FILES_TO_DELETE = "files_to_delete"
 #: Rows that never ran: resubmitting them does not use up one of their attempts.
 NEVER_RAN = (BATCH_EXPIRED, MISSING)
 #: Failure kind of a row a project pipeline raised on.
@@ -325,6 +323,8 @@ class Collector:
             summary = self.summaries[run.run_id]
             summary.states = ledger.counts()
             ledger.close()
+            if not run.manifest.data.get("collected_at"):  # else _finish_run tried them
+                await self._delete_remote_files(run)  # uploads given up on
             run.unlock()
         self._runs.clear()
         self._save_progress()
@@ -486,6 +486,7 @@ class Collector:
         for name in run.manifest.with_status(PENDING):
             if (run.run_id, name) in self._joined or not self.polling.refused_too_often(run, name):
                 continue
+            self._release_upload(run, name)
             try:
                 async for item in self._join(run, ledger, name, None):
                     yield item
@@ -508,6 +509,26 @@ class Collector:
                 self._unstick(run.run_id, name)
             else:
                 self._stick_reason(run.run_id, name, reason)
+                if self._gave_up(run.run_id, name):
+                    self._release_upload(run, name)
+
+    def _release_upload(self, run: Run, name: str) -> None:
+        """A pending file given up on keeps no upload on the API: it is listed for deletion
+        (deleted when the run is released, or by the next pass if that fails)."""
+        entry = run.manifest.files[name]
+        if not entry.get("file_id") or self.config.keep_remote_files:
+            return
+        run.manifest.data.setdefault(FILES_TO_DELETE, []).append(entry["file_id"])
+        logger.info(
+            "Deleting the upload %s of %s of %s, given up on; the next submission uploads it"
+            " again.",
+            entry["file_id"],
+            name,
+            run.run_id,
+        )
+        entry["file_id"] = None
+        run.manifest.save()
+        self._inc("uploads/released")
 
     async def _final_batch(self, run: Run, ledger: Ledger, name: str) -> Any:
         """The file's batch once final with its results in the ledger; None while not."""
@@ -767,6 +788,7 @@ class Collector:
         run.manifest.data["collected_at"] = utc_now()
         if not self.config.keep_remote_files:
             file_ids = {entry.get("file_id") for entry in run.manifest.files.values()}
+            file_ids.update(run.manifest.data.get(FILES_TO_DELETE) or [])
             for batch in ledger.batches():
                 file_ids.update((batch.get("output_file_id"), batch.get("error_file_id")))
             run.manifest.data[FILES_TO_DELETE] = sorted(filter(None, file_ids))
@@ -800,7 +822,7 @@ class Collector:
             run.manifest.save()
 
     async def _delete_leftover_files(self) -> None:
-        """Retry the deletes that failed when earlier collections finished their runs."""
+        """Retry the deletes that failed in earlier collections."""
         for run in list_runs(self.config.spool_dir):
             if not (self._ours(run) and run.manifest.data.get(FILES_TO_DELETE)):
                 continue
@@ -808,8 +830,7 @@ class Collector:
                 continue
             try:
                 run.reload()
-                if run.manifest.data.get("collected_at"):
-                    await self._delete_remote_files(run)
+                await self._delete_remote_files(run)
             finally:
                 run.unlock()
 
