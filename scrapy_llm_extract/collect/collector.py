@@ -380,6 +380,9 @@ class Collector:
             if run.run_id in self._runs or not self._wanted(run):
                 continue
             if not run.try_lock():
+                if self.options.run_id and not run.manifest.closed:
+                    self._refuse_live(run)
+                    continue
                 logger.info(
                     "Skipping run %s: another process (a crawl or collector) holds its lock.",
                     run.run_id,
@@ -400,6 +403,16 @@ class Collector:
                 continue
             self._runs[run.run_id] = (run, claimed)
         return [pair for pair in self._runs.values() if not self.summaries[pair[0].run_id].done]
+
+    def _refuse_live(self, run: Run) -> None:
+        """``--run`` names a run its crawl is still writing (it holds the lock, and has not
+        closed the run): collecting it now would race the crawl for its manifest."""
+        data = run.manifest.data
+        self.stuck[(run.run_id, "")] = (
+            f"its crawl (pid {data.get('pid')} on {data.get('host')}) is still running: collect"
+            " it once that crawl has closed it"
+        )
+        self._inc("runs/refused_live")
 
     def _wanted(self, run: Run) -> bool:
         if not self._ours(run):

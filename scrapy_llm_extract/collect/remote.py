@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -142,9 +143,21 @@ class StoreCollection:
                 )
             else:
                 continue
-            run.try_lock()
-            self._locked.append(run)
+            self._hold(run)
         return self.workdir
+
+    def _hold(self, run: Run) -> None:
+        """Lock the working copy of a run this collector must not take (released at close)."""
+        run.try_lock()
+        self._locked.append(run)
+
+    def _crawl_running_here(self, manifest: dict[str, object]) -> bool:
+        """An unclosed run whose crawl runs on this machine, holding its staging copy's lock.
+        (A crawl on another machine gives no such sign: see the README.)"""
+        if manifest.get("closed_at") is not None or manifest.get("host") != os.uname().nodename:
+            return False
+        staged = self.config.spool_dir / str(manifest.get("run_id"))
+        return (staged / MANIFEST_NAME).is_file() and Run.open(staged).is_live()
 
     def status_header(self) -> str:
         lines = [f"Spool {self.store.uri}:", *(f"  {note}" for note in self._notes)]
@@ -158,6 +171,10 @@ class StoreCollection:
         for run_id in self.run_ids():
             stored = self.store.get(f"{run_id}/{MANIFEST_NAME}")
             if stored is None or not self._wanted(json.loads(stored.body)):
+                continue
+            if self._crawl_running_here(json.loads(stored.body)):
+                self._fetch(run_id, (MANIFEST_NAME,))  # the collector refuses it, locked
+                self._hold(Run.open(self.workdir / run_id))
                 continue
             lease = self.leases.claim(f"{run_id}/{LEASE_NAME}")
             if lease is None:
