@@ -73,11 +73,15 @@ class Project:
         return self.scrapy("collect-batches", *args, "-O", feed, **env)
 
     def scrapy(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return self.python("-m", "scrapy", *args, **env)
+
+    def python(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """The project's Python (``python ARGS``) in the project folder, to its end."""
         paths = [str(self.path), str(ROOT), os.environ.get("PYTHONPATH", "")]
         environ = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
         environ.pop("SCRAPY_SETTINGS_MODULE", None)
         return subprocess.run(
-            [sys.executable, "-m", "scrapy", *args],
+            [sys.executable, *args],
             cwd=self.path,
             env=environ,
             capture_output=True,
@@ -450,6 +454,38 @@ def test_an_upload_the_api_no_longer_has_is_uploaded_again(tmp_path, emulator):
     assert f"The upload {entry['file_id']} of requests-0001.jsonl" in done.stderr
     assert delivered(project) == urls(range(3))
     assert remote_files(emulator.path) == set()
+
+
+#: collect-batches, SIGKILLed right after it wrote and sealed a resubmission file, before it
+#: settled the rows it carries in their source file.
+KILLED_BEFORE_SETTLING = """
+import os, signal, sys
+from scrapy.cmdline import execute
+from scrapy_llm_extract.collect.ledger import Ledger
+
+def killed(self, action, state):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+Ledger.settle_pending = killed
+sys.argv = ["scrapy", "collect-batches", "-O", "items.jsonl"]
+execute()
+"""
+
+
+def test_rows_written_to_a_resubmission_before_a_kill_are_submitted_once(tmp_path, emulator):
+    emulator.configure(row_error_every=3)  # the third row fails once, then its retry passes
+    project = Project.create(tmp_path, LLM_EXTRACT_EMULATOR_DIR=str(emulator.path))
+    run = project.spool([product(n) for n in range(3)])
+    killed = project.python("-c", KILLED_BEFORE_SETTLING)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert manifest(run)["files"]["requests-0002.jsonl"]["resubmits"] == "requests-0001.jsonl"
+
+    done = project.collect()
+    assert done.returncode == 0, done.stderr
+    assert delivered(project) == urls(range(3))
+    assert stat(done, "rows/resubmission_recovered") == 1
+    assert list(manifest(run)["files"]) == ["requests-0001.jsonl", "requests-0002.jsonl"]
+    assert sorted(batch.request_counts.total for batch in remote_batches(emulator.path)) == [1, 3]
 
 
 # Remote files ---------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from ..client import async_client, redact
 from ..config import Config
 from ..extraction import ExtractionSchema, Prepared
 from ..items import merge_extracted, rebuild_item, set_field
-from ..manifest import FILES_TO_DELETE, PENDING, SUBMITTED, SUBMITTING, utc_now
+from ..manifest import FILES_TO_DELETE, PENDING, RESUBMITS, SUBMITTED, SUBMITTING, utc_now
 from ..models import add_costs, cost_usd, format_usd, model_info, retarget, rounded_usd
 from ..prompt import ExtractionRequest, dump_json
 from ..results import (
@@ -448,6 +448,7 @@ class Collector:
                 reset,
             )
             self._inc("rows/redelivered", reset)
+        self._settle_unsettled_resubmissions(run, ledger)
         if self.options.retry_failed and ledger.forget_item_errors():
             for entry in run.manifest.files.values():
                 if entry["status"] == COLLECTED and entry.get("batch_id"):
@@ -463,6 +464,26 @@ class Collector:
             if ledger.state(record["custom_id"]) != FAILED:
                 self._fail(run, ledger, record, NEVER_SPOOLED)
         return ledger
+
+    def _settle_unsettled_resubmissions(self, run: Run, ledger: Ledger) -> None:
+        """Rows a killed collector wrote to a resubmission file but never settled in their
+        source file: settle them, so that they are submitted once (in that file), not again."""
+        for name, entry in run.manifest.files.items():
+            source = entry.get(RESUBMITS)
+            if not source or entry["status"] != PENDING:
+                continue  # a submitted resubmission was settled before it was submitted
+            ids = (row["custom_id"] for row in run.iter_sidecar(name))
+            count = ledger.settle_resubmitted(source, ids)
+            if count:
+                logger.info(
+                    "Run %s: %d row(s) of %s were written to its resubmission %s by a collector"
+                    " stopped before recording it; they are submitted there, not again.",
+                    run.run_id,
+                    count,
+                    source,
+                    name,
+                )
+                self._inc("rows/resubmission_recovered", count)
 
     def _other_endpoint(self, run: Run) -> str | None:
         """Why the run cannot be collected here: its batches live on another API endpoint."""
@@ -721,7 +742,7 @@ class Collector:
                 record["attempt"] = int(record["attempt"]) + 1
             record["model"] = model
             if spool_file is None:
-                spool_file = run.new_file(model, attempt)
+                spool_file = run.new_file(model, attempt, resubmits=name)
             spool_file.append(
                 request_line(request["custom_id"], dump_json(body)),
                 record,
