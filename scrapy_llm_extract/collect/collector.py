@@ -501,7 +501,8 @@ class Collector:
     async def _collect_run(self, run: Run, ledger: Ledger) -> AsyncIterator[Any]:
         runs = [pair[0] for pair in self._runs.values()]
         await self.polling.submitter.reconcile(run)
-        self._submitted(run, await self.polling.submit_pending(runs, run))
+        tried = {name for name in run.manifest.files if not self._gave_up(run.run_id, name)}
+        self._submitted(run, await self.polling.submit_pending(runs, run, tried))
         self._save_progress()
         self._unstick(run.run_id, "")
         for name in run.manifest.with_status(SUBMITTED):

@@ -232,9 +232,9 @@ class Ledger:
         again. Rows settled since (in ``file`` or later) keep their state. Returns how many."""
         settled = f"{RETRIED}:{file}"
         cursor = self.db.executemany(
-            "INSERT INTO rows VALUES (?, ?) ON CONFLICT (custom_id) DO UPDATE SET state ="
-            " excluded.state WHERE rows.state LIKE 'retried:%' AND rows.state != excluded.state",
-            ((custom_id, settled) for custom_id in custom_ids),
+            "INSERT INTO rows VALUES (?1, ?2) ON CONFLICT (custom_id) DO UPDATE SET state = ?2"
+            " WHERE rows.state LIKE ?3 AND rows.state != ?2",
+            ((custom_id, settled, f"{RETRIED}:%") for custom_id in custom_ids),
         )
         return cursor.rowcount
 
