@@ -45,6 +45,18 @@ def take_over_leases():
     store.close()
 
 
+class TakeOverAtTheEnd:
+    """Another collector takes the leases over once the replay has ended, before the
+    command's last write-back."""
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        from scrapy import signals
+
+        crawler.signals.connect(take_over_leases, signal=signals.engine_stopped)
+        return cls()
+
+
 class Record:
     """Appends each item's row id to RECORD; with KILL_AFTER=n (STOP_AFTER=n), SIGKILLs
     (SIGSTOPs) itself at item n+1; with TAKE_OVER_AT=n, another collector takes its
@@ -84,6 +96,8 @@ def project_settings(s3_server: Any, spool: str) -> str:
         "LLM_EXTRACT_SPOOL_PUBLISH_ROWS = 3",
         "ITEM_PIPELINES = {'tiny.record.Record': 900}",
         "LLM_EXTRACT_PASS_PENDING = bool(os.environ.get('PASS_PENDING'))",
+        "EXTENSIONS = {'tiny.record.TakeOverAtTheEnd': 0} if os.environ.get('TAKE_OVER_AT_END')"
+        " else {}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -301,6 +315,17 @@ def test_a_write_back_that_finds_the_lease_taken_over_counts_it_and_stops_at_onc
     assert "Lost the lease on run" in err
     assert "'llm_extract/collect/leases_lost': 1" in err
     assert len(records(tmp_path / "machine-d.record")) == 1  # the second file's row only
+
+
+def test_a_lease_lost_at_the_last_write_back_exits_1_without_a_traceback(
+    tmp_path: Path, s3_server: Any, s3_spool: str
+) -> None:
+    project = first_crawl(tmp_path, s3_server, s3_spool)
+    code, _, err = finish(collect_batches(project, "machine-d", TAKE_OVER_AT_END="1"))
+    assert code == 1, err
+    assert "Lost the lease on run" in err
+    assert "Traceback" not in err and "never awaited" not in err
+    assert len(records(tmp_path / "machine-d.record")) == ITEMS
 
 
 def test_a_run_that_could_not_be_published_is_published_by_the_next_crawl_on_the_machine(

@@ -197,7 +197,8 @@ class Command(ScrapyCommand):
             # A coroutine on AsyncCrawlerProcess (the default): it must be scheduled.
             deferred_from_coro(process.stop())  # type: ignore[attr-defined]
 
-        if isInIOThread():
-            stop()
-        else:
+        if not isInIOThread():
             reactor.callFromThread(stop)  # type: ignore[attr-defined]
+        elif reactor.running:  # type: ignore[attr-defined]
+            stop()
+        # else the last write-back, after the crawl: its stats are dumped, and the exit is 1
