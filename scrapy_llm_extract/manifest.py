@@ -16,7 +16,8 @@ Layout (``version`` 1)::
          "status": "open" | "pending" | "submitting" | "submitted" | <collect's own>,
          "reason": null | "why it is still pending",
          "submit_token": null | "...", "submitting_at": ..., "file_id": ..., "batch_id": ...,
-         "submitted_at": ..., "failed_batches": [{"batch_id": ..., "reason": ...}]}},
+         "submitted_at": ..., "failed_batches": [{"batch_id": ..., "reason": ...}],
+         "resubmits": <file whose rows a resubmission carries; collect's own>}},
      "cut_rows": [<sidecar row whose request row a killed writer never wrote>, ...],
      "collected_at": ..., "files_to_delete": [<OpenAI file id not deleted yet>, ...]}
 
@@ -47,6 +48,11 @@ PENDING = "pending"
 SUBMITTING = "submitting"
 #: A batch was created: ``batch_id`` is its id.
 SUBMITTED = "submitted"
+#: File key: the file whose failed rows a resubmission file (collect-batches') carries.
+RESUBMITS = "resubmits"
+#: Top-level key: OpenAI files no longer needed (uploads given up on, files of a collected
+#: run) whose delete has not succeeded yet; every collect-batches pass retries them.
+FILES_TO_DELETE = "files_to_delete"
 
 
 def utc_now() -> str:

@@ -63,7 +63,7 @@ from scrapy.utils.serialize import ScrapyJSONEncoder
 
 from .config import Config
 from .extraction import ExtractionSchema, Prepared
-from .manifest import MANIFEST_NAME, OPEN, PENDING, Manifest, fsync_dir, write_atomic
+from .manifest import MANIFEST_NAME, OPEN, PENDING, RESUBMITS, Manifest, fsync_dir, write_atomic
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -345,14 +345,17 @@ class Run:
 
     # Writing (lock holder only) ------------------------------------------------------------
 
-    def new_file(self, model: str, attempt: int = 1) -> SpoolFile:
-        """Start the next requests file (also how collect-batches writes a resubmission)."""
+    def new_file(self, model: str, attempt: int = 1, resubmits: str | None = None) -> SpoolFile:
+        """Start the next requests file (also how collect-batches writes a resubmission of
+        the file ``resubmits``, recorded before its first row)."""
         number = 1 + max(
             (int(name[len("requests-") : -len(".jsonl")]) for name in self.manifest.files),
             default=0,
         )
         name = requests_name(number)
         entry = self.manifest.add_file(name, model, attempt)
+        if resubmits is not None:
+            entry[RESUBMITS] = resubmits
         self.manifest.save()
         return SpoolFile(self, name, entry)
 

@@ -5,7 +5,9 @@ collect-batches`` share this code. Every step is recorded in the run's
 manifest (the caller holds the run's lock) so that nothing is submitted twice:
 
 1. the intent first: status ``submitting`` with a fresh ``submit_token``;
-2. ``files.create`` from an open file object (streamed, re-opened on retry);
+2. ``files.create`` from an open file object (streamed, re-opened on retry),
+   its ``file_id`` recorded at once; skipped when an earlier attempt's upload is
+   recorded, so a refused creation never leaves a second copy on the API;
 3. ``batches.create`` with metadata naming project, spider, run, file and token;
 4. status ``submitted`` with the batch id.
 
@@ -32,7 +34,7 @@ from typing import Any, Final
 import openai
 
 from .client import redact
-from .manifest import PENDING, SUBMITTED, SUBMITTING, utc_now
+from .manifest import FILES_TO_DELETE, PENDING, SUBMITTED, SUBMITTING, utc_now
 from .retry import RetryPolicy
 from .spool import ENDPOINT, Run
 
@@ -65,6 +67,13 @@ def batch_metadata(run: Run, name: str, token: str) -> dict[str, str]:
 def describe(exc: BaseException, key: str | None) -> str:
     """An exception as one line for logs and the manifest, without the API key."""
     return redact(f"{type(exc).__name__}: {exc}", key)
+
+
+def upload_unusable(exc: openai.APIStatusError) -> bool:
+    """A batch creation refused because of its input file (gone, or not a batch file)."""
+    return isinstance(exc, openai.NotFoundError) or (
+        isinstance(exc, openai.BadRequestError) and exc.param == "input_file_id"
+    )
 
 
 def failure_reason(batch: Any) -> str:
@@ -101,24 +110,8 @@ class Submitter:
             status=SUBMITTING, submit_token=token, submitting_at=utc_now(), api_base=api_base
         )
         run.manifest.save()
-        path = run.path / name
         try:
-
-            async def upload() -> Any:
-                with open(path, "rb") as f:
-                    return await self.client.files.create(file=f, purpose="batch")
-
-            uploaded = await self.policy.call(upload, self._on_retry("Upload", name))
-            entry["file_id"] = uploaded.id
-            batch = await self.policy.call(
-                lambda: self.client.batches.create(
-                    input_file_id=uploaded.id,
-                    endpoint=ENDPOINT,
-                    completion_window=COMPLETION_WINDOW,
-                    metadata=batch_metadata(run, name, token),
-                ),
-                self._on_retry("Batch creation", name),
-            )
+            batch = await self._create(run, name, token)
         except (openai.OpenAIError, OSError) as exc:
             step = "batch creation" if entry.get("file_id") else "upload"
             entry.update(
@@ -144,6 +137,49 @@ class Submitter:
             await asyncio.sleep(self.check_delay)
             return await self.check(run, name)
         return True
+
+    async def _create(self, run: Run, name: str, token: str) -> Any:
+        """Create the file's batch from its recorded upload, uploading it only if there is
+        none: a refused creation or a batch failing validation leaves the upload recorded
+        in ``file_id`` for the next attempt, so a file is never on the API twice. An upload
+        the API no longer has (expired, deleted) is listed for deletion and replaced once."""
+        entry = run.manifest.files[name]
+        recorded = entry.get("file_id")
+        if recorded:
+            try:
+                return await self._create_from(run, name, token, recorded)
+            except openai.APIStatusError as exc:
+                if not upload_unusable(exc):
+                    raise
+                logger.warning(
+                    "The upload %s of %s of %s is no longer usable (%s); uploading the file again.",
+                    recorded,
+                    name,
+                    run.run_id,
+                    describe(exc, self.client.api_key),
+                )
+                run.manifest.data.setdefault(FILES_TO_DELETE, []).append(recorded)
+                entry["file_id"] = None
+
+        async def upload() -> Any:
+            with open(run.path / name, "rb") as f:
+                return await self.client.files.create(file=f, purpose="batch")
+
+        uploaded = await self.policy.call(upload, self._on_retry("Upload", name))
+        entry["file_id"] = uploaded.id
+        run.manifest.save()  # recorded before its batch exists: a kill now leaks no upload
+        return await self._create_from(run, name, token, uploaded.id)
+
+    async def _create_from(self, run: Run, name: str, token: str, file_id: str) -> Any:
+        return await self.policy.call(
+            lambda: self.client.batches.create(
+                input_file_id=file_id,
+                endpoint=ENDPOINT,
+                completion_window=COMPLETION_WINDOW,
+                metadata=batch_metadata(run, name, token),
+            ),
+            self._on_retry("Batch creation", name),
+        )
 
     async def check(self, run: Run, name: str) -> bool:
         """Look once at a submitted file's batch; make the file pending again if it failed."""

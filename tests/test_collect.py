@@ -534,3 +534,42 @@ async def test_a_sidecar_row_without_its_request_row_fails_instead_of_an_empty_r
     data = Run.open(run.path).manifest.data
     assert list(data["files"]) == ["requests-0001.jsonl"]  # no empty resubmission file
     assert data["collected_at"]
+
+
+@deferred_f_from_coro_f
+async def test_run_naming_a_run_its_crawl_is_still_writing_is_refused_until_it_closes(
+    tmp_path, emulator, spool_backend, caplog
+):
+    import os
+
+    from itemadapter import ItemAdapter
+
+    from scrapy_llm_extract.extraction import Preparer
+    from scrapy_llm_extract.items import item_record
+    from scrapy_llm_extract.spool import Spool
+    from tests.helpers import make_config
+
+    # On an s3:// spool the crawl has published its first sealed file and an unclosed manifest.
+    conf = settings(tmp_path, emulator, LLM_EXTRACT_SPOOL_PUBLISH_ROWS=2, **spool_backend)
+    config = make_config(**conf)
+    preparer = Preparer(config)
+    crawl = Spool(config, spider="shop")  # the crawl, still running: its run stays locked
+    for n in range(3):
+        one = product(n)
+        crawl.add(preparer.prepare(ItemAdapter(one)), item_record(one, config))
+    assert crawl.run is not None
+    run_id = crawl.run.run_id
+
+    with caplog.at_level(logging.INFO, logger="scrapy_llm_extract"):
+        refused = await collect(conf, run_id=run_id)
+    assert refused.spider.collector.exit_code == 1
+    assert stat(refused, "runs/refused_live") == 1
+    assert f"Stuck: run {run_id}: its crawl (pid {os.getpid()} on {os.uname().nodename})" in (
+        caplog.text
+    )
+    assert feed(tmp_path / "out.jsonl") == []
+
+    crawl.close()
+    done = await collect(conf, run_id=run_id)
+    assert done.spider.collector.exit_code == 0
+    assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls(range(3))

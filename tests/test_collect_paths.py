@@ -73,11 +73,15 @@ class Project:
         return self.scrapy("collect-batches", *args, "-O", feed, **env)
 
     def scrapy(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return self.python("-m", "scrapy", *args, **env)
+
+    def python(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """The project's Python (``python ARGS``) in the project folder, to its end."""
         paths = [str(self.path), str(ROOT), os.environ.get("PYTHONPATH", "")]
         environ = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
         environ.pop("SCRAPY_SETTINGS_MODULE", None)
         return subprocess.run(
-            [sys.executable, "-m", "scrapy", *args],
+            [sys.executable, *args],
             cwd=self.path,
             env=environ,
             capture_output=True,
@@ -136,13 +140,16 @@ class ApiFront:
       after creation shows it (the emulator answers "validating" whatever follows; the real
       API may answer "failed" at once);
     - ``refuse_key_on``: answer this ``(method, path)`` with OpenAI's 401, which quotes the
-      key of the request's Authorization header (whole, and masked as OpenAI masks it).
+      key of the request's Authorization header (whole, and masked as OpenAI masks it);
+    - ``refuse_create``: answer every ``POST /v1/batches`` with OpenAI's 400 (the creation
+      refused, as for a metadata value the API rejects).
     """
 
     state_dir: Path
     delete_status: int | None = None
     create_answers_current: bool = False
     refuse_key_on: tuple[str, str] | None = None
+    refuse_create: bool = False
     requests: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -186,6 +193,12 @@ class ApiFront:
                 {"content-type": "application/json"},
                 json.dumps(error).encode(),
             )
+        if self.refuse_create and (request.method, request.path.rstrip("/")) == (
+            "POST",
+            "/v1/batches",
+        ):
+            error = {"error": {"message": "Emulated refusal", "type": "invalid_request_error"}}
+            return 400, {"content-type": "application/json"}, json.dumps(error).encode()
         if (request.method, request.path.rstrip("/")) == self.refuse_key_on:
             key = request.headers.get("authorization", "").removeprefix("Bearer ")
             message = (
@@ -395,6 +408,84 @@ def test_a_batch_failed_at_creation_is_never_polled_and_its_rows_are_reported(tm
     assert all("model_not_found" in row["message"] for row in reported)
     assert project.items() == []
     assert manifest(run)["collected_at"]
+
+
+def test_a_refused_batch_creation_reuses_its_upload_and_leaves_none_on_the_api(tmp_path, emulator):
+    with ApiFront(emulator.path, refuse_create=True) as front:
+        project = fronted_project(tmp_path, front)
+        run = project.spool([product(n) for n in range(3)])
+        uploads = lambda: front.requests.count(("POST", "/v1/files"))  # noqa: E731
+
+        once = project.collect()  # one pass: the upload stays recorded for the next one
+        assert once.returncode == 1, once.stderr
+        (entry,) = manifest(run)["files"].values()
+        assert remote_files(emulator.path) == {entry["file_id"]}
+        assert uploads() == 1
+
+        given_up = project.collect("--wait", "--poll-interval", "0.01")
+        assert given_up.returncode == 1, given_up.stderr
+        assert front.requests.count(("POST", "/v1/batches")) == 4
+        assert uploads() == 1  # before: one upload per poll, each left on the API
+        assert stat(given_up, "uploads/reused") == 3
+        assert stat(given_up, "uploads/released") == 1
+        assert "given up on; the next submission uploads it again" in given_up.stderr
+        assert remote_files(emulator.path) == set()
+        assert manifest(run)["files_to_delete"] == []
+
+        front.refuse_create = False
+        done = project.collect()
+        assert done.returncode == 0, done.stderr
+        assert delivered(project) == urls(range(3))
+        assert uploads() == 2
+        assert remote_files(emulator.path) == set()
+
+
+def test_an_upload_the_api_no_longer_has_is_uploaded_again(tmp_path, emulator):
+    with ApiFront(emulator.path, refuse_create=True) as front:
+        project = fronted_project(tmp_path, front)
+        run = project.spool([product(n) for n in range(3)])
+        assert project.collect().returncode == 1
+        (entry,) = manifest(run)["files"].values()
+        with api(emulator.path) as client:
+            client.files.delete(entry["file_id"])  # expired after 30 days, or deleted by hand
+        front.refuse_create = False
+        done = project.collect()
+    assert done.returncode == 0, done.stderr
+    assert f"The upload {entry['file_id']} of requests-0001.jsonl" in done.stderr
+    assert delivered(project) == urls(range(3))
+    assert remote_files(emulator.path) == set()
+
+
+#: collect-batches, SIGKILLed right after it wrote and sealed a resubmission file, before it
+#: settled the rows it carries in their source file.
+KILLED_BEFORE_SETTLING = """
+import os, signal, sys
+from scrapy.cmdline import execute
+from scrapy_llm_extract.collect.ledger import Ledger
+
+def killed(self, action, state):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+Ledger.settle_pending = killed
+sys.argv = ["scrapy", "collect-batches", "-O", "items.jsonl"]
+execute()
+"""
+
+
+def test_rows_written_to_a_resubmission_before_a_kill_are_submitted_once(tmp_path, emulator):
+    emulator.configure(row_error_every=3)  # the third row fails once, then its retry passes
+    project = Project.create(tmp_path, LLM_EXTRACT_EMULATOR_DIR=str(emulator.path))
+    run = project.spool([product(n) for n in range(3)])
+    killed = project.python("-c", KILLED_BEFORE_SETTLING)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert manifest(run)["files"]["requests-0002.jsonl"]["resubmits"] == "requests-0001.jsonl"
+
+    done = project.collect()
+    assert done.returncode == 0, done.stderr
+    assert delivered(project) == urls(range(3))
+    assert stat(done, "rows/resubmission_recovered") == 1
+    assert list(manifest(run)["files"]) == ["requests-0001.jsonl", "requests-0002.jsonl"]
+    assert sorted(batch.request_counts.total for batch in remote_batches(emulator.path)) == [1, 3]
 
 
 # Remote files ---------------------------------------------------------------------------------

@@ -32,14 +32,42 @@ class RowProduct(Product):
     llm_extract_row_id = scrapy.Field()
 
 
+def take_over_leases():
+    """What another collector does to a stalled one's leases: replace them."""
+    from scrapy.utils.project import get_project_settings
+    from scrapy_llm_extract.config import Config
+    from scrapy_llm_extract.publish import open_store
+
+    store = open_store(Config.from_settings(get_project_settings()))
+    for key in store.list():
+        if key.endswith("/lease.json"):
+            store.put(key, json.dumps({"owner": "another collector", "ttl": 300}).encode())
+    store.close()
+
+
+class TakeOverAtTheEnd:
+    """Another collector takes the leases over once the replay has ended, before the
+    command's last write-back."""
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        from scrapy import signals
+
+        crawler.signals.connect(take_over_leases, signal=signals.engine_stopped)
+        return cls()
+
+
 class Record:
     """Appends each item's row id to RECORD; with KILL_AFTER=n (STOP_AFTER=n), SIGKILLs
-    (SIGSTOPs) itself at item n+1."""
+    (SIGSTOPs) itself at item n+1; with TAKE_OVER_AT=n, another collector takes its
+    leases over at item n+1."""
 
     def __init__(self):
         self.count = 0
 
     def process_item(self, item):
+        if self.count == int(os.environ.get("TAKE_OVER_AT", "-1")):
+            take_over_leases()
         if self.count == int(os.environ.get("KILL_AFTER", "-1")):
             os.kill(os.getpid(), signal.SIGKILL)
         if self.count == int(os.environ.get("STOP_AFTER", "-1")):
@@ -68,6 +96,8 @@ def project_settings(s3_server: Any, spool: str) -> str:
         "LLM_EXTRACT_SPOOL_PUBLISH_ROWS = 3",
         "ITEM_PIPELINES = {'tiny.record.Record': 900}",
         "LLM_EXTRACT_PASS_PENDING = bool(os.environ.get('PASS_PENDING'))",
+        "EXTENSIONS = {'tiny.record.TakeOverAtTheEnd': 0} if os.environ.get('TAKE_OVER_AT_END')"
+        " else {}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -267,6 +297,35 @@ def test_a_stalled_collector_whose_lease_was_taken_over_stops_and_writes_nothing
     after = store.get(f"{run_id}/manifest.json")
     assert after is not None and after.etag == before.etag  # nothing written back
     store.close()
+
+
+def test_a_write_back_that_finds_the_lease_taken_over_counts_it_and_stops_at_once(
+    tmp_path: Path, s3_server: Any, s3_spool: str
+) -> None:
+    from tests.conftest import EmulatorDir
+
+    project = first_crawl(tmp_path, s3_server, s3_spool)  # two files, submitted at close
+    # The first look at the first file's batch shows no results yet: its rows wait for a
+    # second pass, which the write-back at the end of the first one must prevent.
+    EmulatorDir(tmp_path / "emulator").configure(late_result_files_first=1)
+    code, _, err = finish(
+        collect_batches(project, "machine-d", "--wait", "--poll-interval", "0.2", TAKE_OVER_AT="0")
+    )
+    assert code == 1, err
+    assert "Lost the lease on run" in err
+    assert "'llm_extract/collect/leases_lost': 1" in err
+    assert len(records(tmp_path / "machine-d.record")) == 1  # the second file's row only
+
+
+def test_a_lease_lost_at_the_last_write_back_exits_1_without_a_traceback(
+    tmp_path: Path, s3_server: Any, s3_spool: str
+) -> None:
+    project = first_crawl(tmp_path, s3_server, s3_spool)
+    code, _, err = finish(collect_batches(project, "machine-d", TAKE_OVER_AT_END="1"))
+    assert code == 1, err
+    assert "Lost the lease on run" in err
+    assert "Traceback" not in err and "never awaited" not in err
+    assert len(records(tmp_path / "machine-d.record")) == ITEMS
 
 
 def test_a_run_that_could_not_be_published_is_published_by_the_next_crawl_on_the_machine(

@@ -139,8 +139,12 @@ async def test_a_refused_create_leaves_the_file_pending_with_the_reason(tmp_path
     assert entry["reason"].startswith("batch creation failed: BadRequestError")
     assert entry["file_id"] is not None
     assert transport.posts == 1  # a 400 is not retried
-    # The next attempt (collect-batches) submits it.
+    # The next attempt (collect-batches) submits it, from the same upload.
     assert await Submitter(client, FAST).submit_pending(run) == ["requests-0001.jsonl"]
+    (batch,) = await batches(client)
+    assert batch.input_file_id == entry["file_id"]
+    inputs = [file.id async for file in client.files.list() if file.purpose == "batch"]
+    assert inputs == [entry["file_id"]]
     await client.close()
 
 

@@ -39,7 +39,7 @@ from ..client import async_client, redact
 from ..config import Config
 from ..extraction import ExtractionSchema, Prepared
 from ..items import merge_extracted, rebuild_item, set_field
-from ..manifest import PENDING, SUBMITTED, SUBMITTING, utc_now
+from ..manifest import FILES_TO_DELETE, PENDING, RESUBMITS, SUBMITTED, SUBMITTING, utc_now
 from ..models import add_costs, cost_usd, format_usd, model_info, retarget, rounded_usd
 from ..prompt import ExtractionRequest, dump_json
 from ..results import (
@@ -74,8 +74,6 @@ logger = logging.getLogger("scrapy_llm_extract.collect")
 STATS_PREFIX = "llm_extract/collect"
 #: Manifest status of a file whose every row is accounted for.
 COLLECTED = "collected"
-#: Manifest key: OpenAI files of a collected run still to delete.
-FILES_TO_DELETE = "files_to_delete"
 #: Rows that never ran: resubmitting them does not use up one of their attempts.
 NEVER_RAN = (BATCH_EXPIRED, MISSING)
 #: Failure kind of a row a project pipeline raised on.
@@ -325,6 +323,8 @@ class Collector:
             summary = self.summaries[run.run_id]
             summary.states = ledger.counts()
             ledger.close()
+            if not run.manifest.data.get("collected_at"):  # else _finish_run tried them
+                await self._delete_remote_files(run)  # uploads given up on
             run.unlock()
         self._runs.clear()
         self._save_progress()
@@ -380,6 +380,9 @@ class Collector:
             if run.run_id in self._runs or not self._wanted(run):
                 continue
             if not run.try_lock():
+                if self.options.run_id and not run.manifest.closed:
+                    self._refuse_live(run)
+                    continue
                 logger.info(
                     "Skipping run %s: another process (a crawl or collector) holds its lock.",
                     run.run_id,
@@ -400,6 +403,16 @@ class Collector:
                 continue
             self._runs[run.run_id] = (run, claimed)
         return [pair for pair in self._runs.values() if not self.summaries[pair[0].run_id].done]
+
+    def _refuse_live(self, run: Run) -> None:
+        """``--run`` names a run its crawl is still writing (it holds the lock, and has not
+        closed the run): collecting it now would race the crawl for its manifest."""
+        data = run.manifest.data
+        self.stuck[(run.run_id, "")] = (
+            f"its crawl (pid {data.get('pid')} on {data.get('host')}) is still running: collect"
+            " it once that crawl has closed it"
+        )
+        self._inc("runs/refused_live")
 
     def _wanted(self, run: Run) -> bool:
         if not self._ours(run):
@@ -435,6 +448,7 @@ class Collector:
                 reset,
             )
             self._inc("rows/redelivered", reset)
+        self._settle_unsettled_resubmissions(run, ledger)
         if self.options.retry_failed and ledger.forget_item_errors():
             for entry in run.manifest.files.values():
                 if entry["status"] == COLLECTED and entry.get("batch_id"):
@@ -450,6 +464,26 @@ class Collector:
             if ledger.state(record["custom_id"]) != FAILED:
                 self._fail(run, ledger, record, NEVER_SPOOLED)
         return ledger
+
+    def _settle_unsettled_resubmissions(self, run: Run, ledger: Ledger) -> None:
+        """Rows a killed collector wrote to a resubmission file but never settled in their
+        source file: settle them, so that they are submitted once (in that file), not again."""
+        for name, entry in run.manifest.files.items():
+            source = entry.get(RESUBMITS)
+            if not source or entry["status"] != PENDING:
+                continue  # a submitted resubmission was settled before it was submitted
+            ids = (row["custom_id"] for row in run.iter_sidecar(name))
+            count = ledger.settle_resubmitted(source, ids)
+            if count:
+                logger.info(
+                    "Run %s: %d row(s) of %s were written to its resubmission %s by a collector"
+                    " stopped before recording it; they are submitted there, not again.",
+                    run.run_id,
+                    count,
+                    source,
+                    name,
+                )
+                self._inc("rows/resubmission_recovered", count)
 
     def _other_endpoint(self, run: Run) -> str | None:
         """Why the run cannot be collected here: its batches live on another API endpoint."""
@@ -467,7 +501,8 @@ class Collector:
     async def _collect_run(self, run: Run, ledger: Ledger) -> AsyncIterator[Any]:
         runs = [pair[0] for pair in self._runs.values()]
         await self.polling.submitter.reconcile(run)
-        self._submitted(run, await self.polling.submit_pending(runs, run))
+        tried = {name for name in run.manifest.files if not self._gave_up(run.run_id, name)}
+        self._submitted(run, await self.polling.submit_pending(runs, run, tried))
         self._save_progress()
         self._unstick(run.run_id, "")
         for name in run.manifest.with_status(SUBMITTED):
@@ -486,6 +521,7 @@ class Collector:
         for name in run.manifest.with_status(PENDING):
             if (run.run_id, name) in self._joined or not self.polling.refused_too_often(run, name):
                 continue
+            self._release_upload(run, name)
             try:
                 async for item in self._join(run, ledger, name, None):
                     yield item
@@ -508,6 +544,26 @@ class Collector:
                 self._unstick(run.run_id, name)
             else:
                 self._stick_reason(run.run_id, name, reason)
+                if self._gave_up(run.run_id, name):
+                    self._release_upload(run, name)
+
+    def _release_upload(self, run: Run, name: str) -> None:
+        """A pending file given up on keeps no upload on the API: it is listed for deletion
+        (deleted when the run is released, or by the next pass if that fails)."""
+        entry = run.manifest.files[name]
+        if not entry.get("file_id") or self.config.keep_remote_files:
+            return
+        run.manifest.data.setdefault(FILES_TO_DELETE, []).append(entry["file_id"])
+        logger.info(
+            "Deleting the upload %s of %s of %s, given up on; the next submission uploads it"
+            " again.",
+            entry["file_id"],
+            name,
+            run.run_id,
+        )
+        entry["file_id"] = None
+        run.manifest.save()
+        self._inc("uploads/released")
 
     async def _final_batch(self, run: Run, ledger: Ledger, name: str) -> Any:
         """The file's batch once final with its results in the ledger; None while not."""
@@ -687,7 +743,7 @@ class Collector:
                 record["attempt"] = int(record["attempt"]) + 1
             record["model"] = model
             if spool_file is None:
-                spool_file = run.new_file(model, attempt)
+                spool_file = run.new_file(model, attempt, resubmits=name)
             spool_file.append(
                 request_line(request["custom_id"], dump_json(body)),
                 record,
@@ -767,6 +823,7 @@ class Collector:
         run.manifest.data["collected_at"] = utc_now()
         if not self.config.keep_remote_files:
             file_ids = {entry.get("file_id") for entry in run.manifest.files.values()}
+            file_ids.update(run.manifest.data.get(FILES_TO_DELETE) or [])
             for batch in ledger.batches():
                 file_ids.update((batch.get("output_file_id"), batch.get("error_file_id")))
             run.manifest.data[FILES_TO_DELETE] = sorted(filter(None, file_ids))
@@ -800,7 +857,7 @@ class Collector:
             run.manifest.save()
 
     async def _delete_leftover_files(self) -> None:
-        """Retry the deletes that failed when earlier collections finished their runs."""
+        """Retry the deletes that failed in earlier collections."""
         for run in list_runs(self.config.spool_dir):
             if not (self._ours(run) and run.manifest.data.get(FILES_TO_DELETE)):
                 continue
@@ -808,8 +865,7 @@ class Collector:
                 continue
             try:
                 run.reload()
-                if run.manifest.data.get("collected_at"):
-                    await self._delete_remote_files(run)
+                await self._delete_remote_files(run)
             finally:
                 run.unlock()
 

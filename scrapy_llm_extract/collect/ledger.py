@@ -226,6 +226,18 @@ class Ledger:
     def drop_pending(self, custom_id: str) -> None:
         self.db.execute("DELETE FROM pending WHERE custom_id = ?", (custom_id,))
 
+    def settle_resubmitted(self, file: str, custom_ids: Iterable[str]) -> int:
+        """Settle rows of ``file`` already written to a resubmission of it (by a collector
+        killed before :meth:`settle_pending`): the next join of ``file`` would resubmit them
+        again. Rows settled since (in ``file`` or later) keep their state. Returns how many."""
+        settled = f"{RETRIED}:{file}"
+        cursor = self.db.executemany(
+            "INSERT INTO rows VALUES (?1, ?2) ON CONFLICT (custom_id) DO UPDATE SET state = ?2"
+            " WHERE rows.state LIKE ?3 AND rows.state != ?2",
+            ((custom_id, settled, f"{RETRIED}:%") for custom_id in custom_ids),
+        )
+        return cursor.rowcount
+
     def settle_pending(self, action: str, state: str) -> None:
         """Give every pending row of ``action`` its state, then forget them."""
         self.db.execute("BEGIN")

@@ -104,8 +104,11 @@ class Polling:
                 )
                 continue
             refusals = len(entry["failed_batches"])
+            upload = entry.get("file_id")
             if await self.submitter.submit_file(run, name):
                 self.count("files/submitted", 1)
+            if upload and entry.get("file_id") == upload:
+                self.count("uploads/reused", 1)
             failed = entry["status"] == PENDING and len(entry["failed_batches"]) == refusals
             tried[name] = str(entry["reason"]) if failed else None
         return tried

@@ -11,8 +11,9 @@ ledgers closed: ``CollectOptions.save_progress``) uploads what changed: new
 and changed files first, the ledger as a consistent SQLite snapshot, then the
 manifest with ``If-Match`` on the etag it last wrote. A kill then costs only
 the work since the last checkpoint. A lease lost meanwhile
-(the collector stalled past the TTL and another took over) stops the pass
-and nothing of that run is written back: its rows stay pending for the new
+(the collector stalled past the TTL and another took over), whether the
+renewer or a write-back finds it, takes one path: counted, the replay stopped,
+and nothing more of that run written back: its rows stay pending for the new
 holder, at least once as always.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -52,6 +54,19 @@ SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 #: Working copies are ``<staging>/collect/work-*``, each locked by its collector.
 WORK_PREFIX = "work-"
 IN_USE_NAME = ".in-use"
+#: Why a lease was lost (``{ttl}``: LLM_EXTRACT_LEASE_TTL).
+TAKEN_OVER = (
+    "another collector took it over after this one stopped renewing it for"
+    " LLM_EXTRACT_LEASE_TTL ({ttl:.0f} s)"
+)
+MANIFEST_CHANGED = (
+    "its manifest in the store changed since this collector read it (another collector"
+    " took the run over, or its crawl is still publishing it)"
+)
+
+
+class LeaseTakenOver(PreconditionFailed):
+    """A renewal right before a write-back found the lease in another collector's hands."""
 
 
 @dataclass
@@ -86,6 +101,7 @@ class StoreCollection:
         self._renewer: threading.Thread | None = None
         self._notes: list[str] = []
         self._locked: list[Run] = []
+        self._on_lost: Callable[[], None] = lambda: None
         #: Renewals from the thread and before each write-back must not race on the etag.
         self._lease_lock = threading.Lock()
 
@@ -127,9 +143,21 @@ class StoreCollection:
                 )
             else:
                 continue
-            run.try_lock()
-            self._locked.append(run)
+            self._hold(run)
         return self.workdir
+
+    def _hold(self, run: Run) -> None:
+        """Lock the working copy of a run this collector must not take (released at close)."""
+        run.try_lock()
+        self._locked.append(run)
+
+    def _crawl_running_here(self, manifest: dict[str, object]) -> bool:
+        """An unclosed run whose crawl runs on this machine, holding its staging copy's lock.
+        (A crawl on another machine gives no such sign: see the README.)"""
+        if manifest.get("closed_at") is not None or manifest.get("host") != os.uname().nodename:
+            return False
+        staged = self.config.spool_dir / str(manifest.get("run_id"))
+        return (staged / MANIFEST_NAME).is_file() and Run.open(staged).is_live()
 
     def status_header(self) -> str:
         lines = [f"Spool {self.store.uri}:", *(f"  {note}" for note in self._notes)]
@@ -143,6 +171,10 @@ class StoreCollection:
         for run_id in self.run_ids():
             stored = self.store.get(f"{run_id}/{MANIFEST_NAME}")
             if stored is None or not self._wanted(json.loads(stored.body)):
+                continue
+            if self._crawl_running_here(json.loads(stored.body)):
+                self._fetch(run_id, (MANIFEST_NAME,))  # the collector refuses it, locked
+                self._hold(Run.open(self.workdir / run_id))
                 continue
             lease = self.leases.claim(f"{run_id}/{LEASE_NAME}")
             if lease is None:
@@ -183,8 +215,9 @@ class StoreCollection:
     # Leases while working ---------------------------------------------------------------
 
     def keep_leases(self, on_lost: Callable[[], None]) -> None:
-        """Renew the leases every third of the TTL from a thread; call ``on_lost`` if one is
-        taken over (this collector stalled past the TTL), once."""
+        """Renew the leases every third of the TTL from a thread; call ``on_lost`` (from that
+        thread or the caller's) once per run lost, by a renewal or a write-back."""
+        self._on_lost = on_lost
 
         def renew() -> None:
             while not self._stop.wait(self.config.lease_ttl / 3):
@@ -198,21 +231,25 @@ class StoreCollection:
                         logger.warning("Could not renew the lease on run %s: %s", run_id, exc)
                         continue
                     if not kept:
-                        self._lose(run_id)
-                        on_lost()
+                        self._lose(run_id, TAKEN_OVER)
 
         self._renewer = threading.Thread(target=renew, name="lease-renewer", daemon=True)
         self._renewer.start()
 
-    def _lose(self, run_id: str) -> None:
-        self.lost.add(run_id)
+    def _lose(self, run_id: str, why: str) -> None:
+        """The one path of a lost run, whoever finds it: nothing more of it is written back,
+        and ``on_lost`` counts it and stops the replay."""
+        with self._lease_lock:
+            if run_id in self.lost:
+                return
+            self.lost.add(run_id)
         logger.error(
-            "Lost the lease on run %s: another collector took it over after this one stopped"
-            " renewing it for LLM_EXTRACT_LEASE_TTL (%.0f s). Stopping; nothing of this run"
-            " is written back, its rows stay pending for the new holder.",
+            "Lost the lease on run %s: %s. Stopping; nothing more of this run is written back,"
+            " its rows stay pending for the new holder.",
             run_id,
-            self.config.lease_ttl,
+            why.format(ttl=self.config.lease_ttl),
         )
+        self._on_lost()
 
     # Writing back -------------------------------------------------------------------------
 
@@ -251,8 +288,10 @@ class StoreCollection:
                 continue
             try:
                 self._push_run(run_id, claimed)
-            except PreconditionFailed:
-                self._lose(run_id)
+            except LeaseTakenOver:
+                self._lose(run_id, TAKEN_OVER)
+            except PreconditionFailed:  # the manifest's If-Match
+                self._lose(run_id, MANIFEST_CHANGED)
             except Exception as exc:
                 logger.error(
                     "Could not write run %s back to %s (%s: %s); retried at the next"
@@ -270,7 +309,7 @@ class StoreCollection:
         folder = self.workdir / run_id
         with self._lease_lock:
             if not self.leases.renew(claimed.lease):  # still ours, right before writing
-                raise PreconditionFailed(run_id)
+                raise LeaseTakenOver(run_id)
         names = sorted(
             path.name
             for path in folder.iterdir()

@@ -180,8 +180,12 @@ class Command(ScrapyCommand):
         self.exitcode = collect(self.crawler_process, options)
 
     def _stop_crawl(self) -> None:
-        """A lease was lost (from the renewing thread): count it, stop the replay."""
+        """A lease was lost (found by the renewing thread or by a write-back): count it and
+        stop the replay, in the reactor's thread (at once when called from it: a write-back
+        at the last checkpoint comes before the stats are dumped)."""
+        from scrapy.utils.defer import deferred_from_coro
         from twisted.internet import reactor
+        from twisted.python.threadable import isInIOThread
 
         process = self.crawler_process
         assert process is not None
@@ -190,6 +194,11 @@ class Command(ScrapyCommand):
             for crawler in process.crawlers:
                 if crawler.stats is not None:
                     crawler.stats.inc_value("llm_extract/collect/leases_lost")
-            process.stop()  # type: ignore[attr-defined]
+            # A coroutine on AsyncCrawlerProcess (the default): it must be scheduled.
+            deferred_from_coro(process.stop())  # type: ignore[attr-defined]
 
-        reactor.callFromThread(stop)  # type: ignore[attr-defined]
+        if not isInIOThread():
+            reactor.callFromThread(stop)  # type: ignore[attr-defined]
+        elif reactor.running:  # type: ignore[attr-defined]
+            stop()
+        # else the last write-back, after the crawl: its stats are dumped, and the exit is 1
