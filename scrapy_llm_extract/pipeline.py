@@ -62,7 +62,10 @@ class LLMExtractPipeline:
         except ConfigError as exc:
             raise stop_with(exc) from None
         self.stats = crawler.stats
-        self.preparer = Preparer(self.config)
+        try:
+            self.preparer = Preparer(self.config)
+        except SchemaError as exc:
+            raise stop_with(ConfigError(f"LLM_EXTRACT_SCHEMA is unusable: {exc}")) from None
         self.workers = PrepareWorkers(self.config, crawler.stats)
         self.realtime = RealtimeExtractor(self.config, crawler.stats)
         self.spool = Spool.for_crawler(crawler, self.config)
