@@ -120,7 +120,7 @@ class RequestBuilder:
             text_cut = True
             content = _user_message(structured, text, url)
             tokens = count_tokens(content, model)
-        return content, tokens, structured_cut or text_cut
+        return content, tokens, structured_cut or text_cut or page.cut
 
 
 def _user_message(structured: str, text: str, url: str | None) -> str:

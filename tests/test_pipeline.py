@@ -288,3 +288,29 @@ async def test_realtime_cost_is_counted_to_the_micro_dollar(tmp_path):
     cost = crawler.stats.get_value("llm_extract/realtime/cost_usd")
     assert crawler.stats.get_value("llm_extract/realtime/succeeded") == 3
     assert 0 < cost == round(cost, 6)
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        "<h1>Manual</h1><p>" + "Step: tighten the lid. " * 20_000 + "</p>",  # one huge paragraph
+        "Manual\n" + "Step: tighten the lid. " * 20_000,  # plain text
+    ],
+    ids=["html", "text"],
+)
+@deferred_f_from_coro_f
+async def test_a_page_cut_by_slimmings_size_cap_is_counted_and_keeps_what_fits(
+    tmp_path, emulator, page
+):
+    """Slimming caps a page's text: a cut is a truncated prompt, and keeps what fits."""
+    crawler, pipeline = await open_pipeline(
+        tmp_path, LLM_EXTRACT_PREPARE_WORKERS=0, LLM_EXTRACT_EMULATOR_DIR=str(emulator.path)
+    )
+    item = Product(url="http://shop.test/manual", html=page, priority="high")
+    assert await pipeline.process_item(item) is item
+    await pipeline.close_spider()
+    assert crawler.stats.get_value("llm_extract/realtime/succeeded") == 1
+    assert crawler.stats.get_value("llm_extract/prompt/truncated") == 1
+    (body,) = emulator.requests()
+    sent = json.loads(body)["messages"][1]["content"]
+    assert sent.count("Step: tighten the lid.") > 5_000
