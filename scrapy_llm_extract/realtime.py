@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 STATS_PREFIX = "llm_extract/realtime"
 CHAT_COMPLETIONS_PATH = "/chat/completions"
+#: How a server that is not an OpenAI-compatible API answers a POST to /chat/completions.
+NO_SUCH_ENDPOINT = frozenset({404, 405})
 SECONDS_PER_MINUTE = 60.0
 
 
@@ -234,10 +236,25 @@ class RealtimeExtractor:
         except openai.OpenAIError as exc:
             return self._api_failure(exc, retries)
         try:
-            body: dict[str, Any] = response.json()
+            body = response.json()
         except ValueError:
-            return Failure(API_ERROR, "the API answered HTTP 200 with a body that is not JSON")
-        return body
+            return self._not_a_completion("a body that is not JSON")
+        if not _looks_like_completion(body):
+            return self._not_a_completion(f"JSON that is not a chat completion ({_shape(body)})")
+        return body  # type: ignore[no-any-return]
+
+    def _not_a_completion(self, what: str) -> Failure:
+        return Failure(
+            API_ERROR,
+            f"{self._endpoint()} answered HTTP 200 with {what}: check that LLM_EXTRACT_BASE_URL"
+            " is an OpenAI-compatible API (its base URL, usually ending in /v1) and no proxy"
+            " answers in its place",
+        )
+
+    def _endpoint(self) -> str:
+        """The URL called, without any user:password a base URL may carry."""
+        base = self.client.base_url.copy_with(username=None, password=None)
+        return str(base).rstrip("/") + CHAT_COMPLETIONS_PATH
 
     def _api_failure(self, exc: openai.OpenAIError, retries: int) -> Failure:
         """A final API error as a failure whose message says what to do about it."""
@@ -256,6 +273,13 @@ class RealtimeExtractor:
         elif isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
             kind = API_ERROR
             advice = "check LLM_EXTRACT_API_KEY or OPENAI_API_KEY"
+        elif isinstance(exc, openai.APIStatusError) and exc.status_code in NO_SUCH_ENDPOINT:
+            kind = API_ERROR
+            advice = (
+                f"{self._endpoint()} has no such model or is no chat-completions endpoint: check"
+                " LLM_EXTRACT_MODEL, and that LLM_EXTRACT_BASE_URL is an OpenAI-compatible API"
+                " (its base URL, usually ending in /v1)"
+            )
         elif isinstance(exc, openai.APIStatusError) and exc.status_code >= 500:
             kind = API_ERROR
             advice = "OpenAI kept failing; raise LLM_EXTRACT_MAX_RETRIES or try again later"
@@ -313,3 +337,20 @@ class RealtimeExtractor:
 
     def _inc(self, name: str, count: int = 1) -> None:
         self.stats.inc_value(f"{STATS_PREFIX}/{name}", count)
+
+
+def _looks_like_completion(body: Any) -> bool:
+    """A chat.completion's shape, as far as parse_completion reads it."""
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+        return False
+    return all(
+        isinstance(choice, dict) and isinstance(choice.get("message", {}), dict)
+        for choice in body["choices"]
+    )
+
+
+def _shape(body: Any) -> str:
+    """What a JSON body holds, briefly, for an error message: never the body itself."""
+    if isinstance(body, dict):
+        return "keys: " + ", ".join(sorted(map(str, body))[:5]) if body else "an empty object"
+    return f"a JSON {type(body).__name__}"
