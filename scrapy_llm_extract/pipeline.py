@@ -33,6 +33,7 @@ from .rules.gate import RulesGate
 from .schema import SchemaError
 from .spool import Spool, UnspoolableItem
 from .startup import check_spool_dir, crawler_config, exit_nonzero, stop_with
+from .tokens import EncodingUnavailable
 from .workers import PrepareWorkers
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ class LLMExtractPipeline:
             self.preparer = Preparer(self.config)
         except SchemaError as exc:
             raise stop_with(ConfigError(f"LLM_EXTRACT_SCHEMA is unusable: {exc}")) from None
+        except EncodingUnavailable as exc:
+            raise stop_with(ConfigError(str(exc))) from None
         self.workers = PrepareWorkers(self.config, crawler.stats)
         self.realtime = RealtimeExtractor(self.config, crawler.stats)
         self.spool = Spool.for_crawler(crawler, self.config)
