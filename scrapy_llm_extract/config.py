@@ -376,6 +376,10 @@ def _schema(settings: BaseSettings) -> dict[str, Any] | str | None:
     )
 
 
+#: What a LLM_EXTRACT_PRICES entry may give (see models.model_info).
+PRICE_KEYS = ("input", "output", "cached_input", "context_window")
+
+
 def _prices(settings: BaseSettings) -> dict[str, Any]:
     try:
         prices = settings.getdict("LLM_EXTRACT_PRICES")
@@ -386,7 +390,22 @@ def _prices(settings: BaseSettings) -> dict[str, Any]:
             "LLM_EXTRACT_PRICES must be a dict like {'gpt-4o-mini': {'input': 0.15,"
             f" 'output': 0.6}}}}, got {settings.get('LLM_EXTRACT_PRICES')!r}."
         )
+    for model, entry in prices.items():
+        for key, value in entry.items():
+            if key not in PRICE_KEYS or not _non_negative(value):
+                raise ConfigError(
+                    f"LLM_EXTRACT_PRICES[{model!r}][{key!r}] = {value!r} cannot be used: give"
+                    f" numbers >= 0 for {', '.join(PRICE_KEYS)} (USD per million tokens; the"
+                    " context window in tokens)."
+                )
     return prices
+
+
+def _non_negative(value: Any) -> bool:
+    try:
+        return not isinstance(value, bool) and float(value) >= 0  # False for NaN
+    except (TypeError, ValueError):
+        return False
 
 
 def default_prepare_workers() -> int:

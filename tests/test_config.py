@@ -172,6 +172,15 @@ def test_an_s3_spool_reads_scrapys_aws_settings_and_stages_locally(tmp_path: Pat
         ("LLM_EXTRACT_SCHEMA={title: 1}", "LLM_EXTRACT_SCHEMA is not valid JSON"),
         ("LLM_EXTRACT_SCHEMA=tiny.items.Nothing", "LLM_EXTRACT_SCHEMA = 'tiny.items.Nothing'"),
         (
+            'LLM_EXTRACT_PRICES={"my-deploy": {"inpt": 0.15, "output": 0.6}}',
+            "LLM_EXTRACT_PRICES['my-deploy']['inpt'] = 0.15 cannot be used: give numbers >= 0"
+            " for input, output, cached_input, context_window",
+        ),
+        (
+            'LLM_EXTRACT_PRICES={"gpt-4o-mini": {"input": "0,15"}}',
+            "LLM_EXTRACT_PRICES['gpt-4o-mini']['input'] = '0,15' cannot be used",
+        ),
+        (
             'LLM_EXTRACT_SCHEMA={"type": "object"}',
             "LLM_EXTRACT_SCHEMA is unusable: The extraction schema must be an object with at"
             " least one property.",
