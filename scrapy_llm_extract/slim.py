@@ -54,10 +54,16 @@ MIN_LINE_CUT_SHARE = 0.9
 MAX_JSON_STRING_CHARS = 500
 #: Shorter structured values are kept even when the visible text repeats them.
 MIN_DUPLICATE_CHARS = 60
+#: Meta and microdata values this long are left out when the JSON-LD states them as a string
+#: (og:title = the Product's name): shorter ones (a currency, a SKU) cost little and may
+#: belong to another JSON-LD node.
+MIN_RESTATED_CHARS = 20
 #: Longer microdata text is prose, left to the visible text ("itemprop description").
 MAX_MICRODATA_TEXT_CHARS = 200
 #: Reviews kept per JSON-LD list: a few show the tone, hundreds only cost tokens.
 MAX_REVIEWS = 3
+#: A JSON-LD list of at least this many objects (variants, offers) states once what they share.
+MIN_SHARED_ITEMS = 3
 #: A list with at least this many items that are nothing but links is a menu.
 MENU_MIN_ITEMS = 6
 #: Words a line needs besides its number to count as a UI counter ("Go to slide 3").
@@ -385,12 +391,15 @@ def _structured_lines(root: Any, ld_json: list[str], visible: str, url: str | No
     lines: list[str] = []
     for block in ld_json:
         lines.extend(_ld_json_lines(block, visible))
+    in_ld_json = "\n".join(lines)
     seen_values: set[str] = set()
 
     def add(key: str, value: str | None) -> None:
         value = _WS.sub(" ", value or "").strip()
         if key in _PROSE_KEYS and _is_visible(value, visible):
             return
+        if len(value) >= MIN_RESTATED_CHARS and _dump(value) in in_ld_json:
+            return  # a title or description the JSON-LD above states word for word
         if value and value not in seen_values and not _URL.match(value):
             seen_values.add(value)
             lines.append(f"{key}: {value}")
@@ -521,7 +530,7 @@ def _compact_json(value: Any, visible: str = "", top: bool = True) -> Any:
                 items.append(compact)
         if not items:
             return None
-        return items[0] if len(items) == 1 else _name_value_table(items)
+        return items[0] if len(items) == 1 else _shared_fields(_name_value_table(items))
     return value
 
 
@@ -568,6 +577,22 @@ def _name_value_table(items: list[Any]) -> Any:
     if not all(isinstance(name, str) for name in names) or len(set(names)) < len(names):
         return items
     return {item["name"]: item["value"] for item in items}
+
+
+def _shared_fields(items: Any) -> Any:
+    """Variants ([{"sku": "A-8", "size": "8", "offers": {...}}, ...]) state what they share
+    once: {"all": {"offers": {...}}, "each": [{"sku": "A-8", "size": "8"}, ...]}."""
+    if not isinstance(items, list) or len(items) < MIN_SHARED_ITEMS:
+        return items
+    if not all(isinstance(item, dict) for item in items):
+        return items
+    first, rest = items[0], items[1:]
+    shared = {key: value for key, value in first.items() if all(
+        key in item and item[key] == value for item in rest
+    )}  # fmt: skip
+    if not shared or len(shared) == len(first):
+        return items
+    return {"all": shared, "each": [{k: v for k, v in i.items() if k not in shared} for i in items]}
 
 
 def _is_visible(value: str, visible: str) -> bool:
