@@ -79,6 +79,7 @@ class LLMExtractPipeline:
         self._schema_error_reported = False
         self._checked_classes: set[type] = set()
         self._no_source_classes: set[type] = set()
+        self._rejections_said: set[tuple[type, tuple[str, ...]]] = set()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> LLMExtractPipeline:
@@ -152,6 +153,10 @@ class LLMExtractPipeline:
         rejected = merge_extracted(adapter, outcome.fields, self.config)
         if rejected:
             self.stats.inc_value("llm_extract/merge/rejected_fields", len(rejected))
+            said = (type(adapter.item), tuple(rejected))
+            if said in self._rejections_said:  # counted every time, said once per class
+                return
+            self._rejections_said.add(said)
             logger.warning(
                 "%s has no field(s) %s for extracted values; add them to the item class or set"
                 " LLM_EXTRACT_OUTPUT_FIELD.",
