@@ -16,7 +16,7 @@ from .config import Config
 from .items import input_fields
 from .prompt import ExtractionRequest, RequestBuilder
 from .schema import SchemaError, item_class_schema, schema_name, strict_schema
-from .slim import slim_page
+from .slim import slim_page, without_surrogates
 
 if TYPE_CHECKING:
     from .workers import PrepareWorkers
@@ -115,7 +115,8 @@ class Preparer:
                 f"{self.config.source_field!r} holds a {type(source).__name__}, not str or bytes",
             )
         url = adapter.get(self.config.url_field)
-        return source, (str(url) if url is not None else None), self.schema_for(adapter.item)
+        url = without_surrogates(str(url)) if url is not None else None
+        return source, url, self.schema_for(adapter.item)
 
     def prepare(self, adapter: ItemAdapter) -> Prepared:
         """Slim the page and build its request; raise InvalidInput when there is nothing to send."""

@@ -98,6 +98,7 @@ class SlimPage:
 EMPTY = SlimPage("", "")
 
 _WS = re.compile(r"\s+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f\ufffd]")
 _ALNUM = re.compile(r"\w")
 _INTEGER = re.compile(r"\d+")
@@ -271,6 +272,13 @@ def _slim_text(text: str, content_type: str | None, url: str | None) -> SlimPage
 def _plain_page(text: str, cut: bool = False) -> SlimPage:
     lines, lines_cut = _finish(_plain_lines(text.splitlines()), MAX_TEXT_CHARS)
     return SlimPage("", lines, cut=cut or lines_cut)
+
+
+def without_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate (undecodable bytes kept by ``surrogateescape``) as
+    U+FFFD: a request body holding one cannot be encoded, to the API nor to the spool.
+    Applied to slimming's output, which is far smaller than the page."""
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
 
 
 def _decode(source: str | bytes, encoding: str | None, content_type: str | None) -> str:
@@ -892,4 +900,4 @@ def _finish(lines: Any, limit: int) -> tuple[str, bool]:
     if cut:
         boundary = text.rfind("\n", 0, limit)
         text = text[: boundary if boundary >= MIN_LINE_CUT_SHARE * limit else limit]
-    return _TAG_OPEN.sub(_INERT_LT, text), cut
+    return without_surrogates(_TAG_OPEN.sub(_INERT_LT, text)), cut

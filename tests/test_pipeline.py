@@ -369,3 +369,31 @@ async def test_extracted_fields_an_item_class_lacks_are_counted_each_time_and_sa
     assert crawler.stats.get_value("llm_extract/merge/rejected_fields") == 6
     [warning] = [r.getMessage() for r in pipeline_records(caplog) if r.levelno >= logging.WARNING]
     assert warning.startswith("Product has no field(s) brand, sku for extracted values; add them")
+
+
+@pytest.mark.parametrize(
+    "page",
+    ["Caf\udce9 mug, 3 EUR", '{"name": "Caf\udce9 mug"}', "<h1>Caf\udce9 mug</h1>"],
+    ids=["text", "json", "html"],
+)
+@deferred_f_from_coro_f
+async def test_pages_and_urls_with_undecodable_bytes_are_extracted_and_spooled(
+    tmp_path, emulator, page
+):
+    """Text read with surrogateescape keeps undecodable bytes as lone surrogates, which no
+    request body can carry: they reach the API and the spool as U+FFFD, never an exception."""
+    crawler, pipeline = await open_pipeline(
+        tmp_path, LLM_EXTRACT_PREPARE_WORKERS=0, LLM_EXTRACT_EMULATOR_DIR=str(emulator.path)
+    )
+    url = "http://shop.test/caf\udce9"
+    urgent = Product(url=url, html=page, priority="high")
+    assert await pipeline.process_item(urgent) is urgent
+    with pytest.raises(DropItem, match="spooled for batch extraction"):
+        await pipeline.process_item(Product(url=url, html=page))
+    await pipeline.close_spider()
+    assert crawler.stats.get_value("llm_extract/realtime/succeeded") == 1
+    assert crawler.stats.get_value("llm_extract/batch/rows") == 1
+    (body,) = emulator.requests()
+    sent = json.loads(body)["messages"][1]["content"]
+    assert 'url="http://shop.test/caf\ufffd"' in sent
+    assert "Caf\ufffd" in sent
