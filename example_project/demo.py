@@ -237,6 +237,11 @@ def main() -> None:
             f"The demo needs Python {'.'.join(map(str, MINIMUM_PYTHON))}+, and {sys.executable}"
             f" is {'.'.join(map(str, sys.version_info[:3]))}: run it with python3.11 or newer."
         )
+    if args.openai and not os.environ.get("OPENAI_API_KEY", "").strip():
+        sys.exit(
+            "--openai calls OpenAI with the OPENAI_API_KEY of the environment, and it is not"
+            " set: export it first, or leave out --openai to run offline."
+        )
     python = str(ensure_installed(args.venv))
     env = dict(os.environ)
     if not args.openai:

@@ -134,3 +134,23 @@ def test_an_install_that_fails_ends_the_demo_with_what_to_do(tmp_path: Path) -> 
         " needs the network or a package index pip can reach; fix that, delete"
         f" {venv} if it is half-made, and run the demo again."
     )
+
+
+def test_openai_without_a_key_says_so_instead_of_running_offline(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Without a key, the project falls back to the emulator: --openai would silently not
+    call OpenAI."""
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    import demo
+
+    venv = tmp_path / "venv"
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setattr(sys, "argv", ["demo.py", "--openai", "--venv", str(venv)])
+    with pytest.raises(SystemExit) as stop:
+        demo.main()
+    assert str(stop.value) == (
+        "--openai calls OpenAI with the OPENAI_API_KEY of the environment, and it is not set:"
+        " export it first, or leave out --openai to run offline."
+    )
+    assert not venv.exists()
