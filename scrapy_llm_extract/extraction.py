@@ -14,7 +14,7 @@ from scrapy.utils.misc import load_object
 
 from .config import Config
 from .items import input_fields
-from .prompt import ExtractionRequest, RequestBuilder
+from .prompt import ExtractionRequest, NoRoomForPage, RequestBuilder
 from .schema import SchemaError, item_class_schema, schema_name, strict_schema
 from .slim import slim_page, without_surrogates
 
@@ -58,7 +58,10 @@ def build_request(
         raise InvalidInput("not_text", page.not_text)
     if not page.structured and not page.text:
         raise InvalidInput("empty_page", "the page has no text or structured data")
-    request = builder.build(page, url=url, schema=schema.schema, schema_name=schema.name)
+    try:
+        request = builder.build(page, url=url, schema=schema.schema, schema_name=schema.name)
+    except NoRoomForPage as exc:
+        raise InvalidInput("no_room", str(exc)) from None
     if page.fallback:
         request = replace(request, slim_fallback=True)
     _ = request.body_json  # serialised here (cached), so a worker sends the JSON back ready

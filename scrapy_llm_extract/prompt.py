@@ -42,6 +42,11 @@ REPLY_PRIMING_TOKENS = 3
 SAFETY_MARGIN_TOKENS = 256
 
 
+class NoRoomForPage(ValueError):
+    """The page budget leaves nothing of a page with content: the request would be paid
+    for an empty page."""
+
+
 def dump_json(value: Any) -> str:
     """JSON exactly as the openai SDK serialises request bodies (``openapi_dumps``)."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -121,6 +126,11 @@ class RequestBuilder:
         structured, structured_cut = truncate_to_tokens(structured, budget, model)
         budget -= count_tokens(structured, model)
         text, text_cut = truncate_to_tokens(text, max(budget, 0), model)
+        if not structured and not text and (page.structured or page.text):
+            raise NoRoomForPage(
+                f"a page budget of {self.max_page_tokens} tokens leaves nothing of the page"
+                " once its URL and delimiters are counted: raise LLM_EXTRACT_MAX_INPUT_TOKENS"
+            )
         content = _user_message(structured, text, url)
         tokens = count_tokens(content, model)
         while tokens > self.max_page_tokens and text:

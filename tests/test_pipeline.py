@@ -397,3 +397,22 @@ async def test_pages_and_urls_with_undecodable_bytes_are_extracted_and_spooled(
     sent = json.loads(body)["messages"][1]["content"]
     assert 'url="http://shop.test/caf\ufffd"' in sent
     assert "Caf\ufffd" in sent
+
+
+@deferred_f_from_coro_f
+async def test_a_page_budget_that_leaves_nothing_of_the_page_sends_nothing(tmp_path, emulator):
+    crawler, pipeline = await open_pipeline(
+        tmp_path,
+        LLM_EXTRACT_PREPARE_WORKERS=0,
+        LLM_EXTRACT_EMULATOR_DIR=str(emulator.path),
+        LLM_EXTRACT_MAX_INPUT_TOKENS=5,
+    )
+    item = Product(url="http://shop.test/mug", html="<h1>Blue mug</h1>", priority="high")
+    assert await pipeline.process_item(item) is item
+    await pipeline.close_spider()
+    assert emulator.requests() == []  # an empty page is not paid for
+    assert crawler.stats.get_value("llm_extract/invalid_input/no_room") == 1
+    assert item["llm_extract_error"] == (
+        "invalid_input: a page budget of 5 tokens leaves nothing of the page once its URL and"
+        " delimiters are counted: raise LLM_EXTRACT_MAX_INPUT_TOKENS"
+    )
