@@ -26,7 +26,7 @@ from .items import (
     no_source_warning,
     set_field,
 )
-from .realtime import RealtimeExtractor
+from .realtime import RealtimeExtractor, UnsupportedReactor
 from .results import Extracted, Failure
 from .router import BATCH, REALTIME, SKIP, checked_route, resolve_router
 from .rules.gate import RulesGate
@@ -70,7 +70,10 @@ class LLMExtractPipeline:
         except EncodingUnavailable as exc:
             raise stop_with(ConfigError(str(exc))) from None
         self.workers = PrepareWorkers(self.config, crawler.stats)
-        self.realtime = RealtimeExtractor(self.config, crawler.stats)
+        try:
+            self.realtime = RealtimeExtractor(self.config, crawler.stats)
+        except UnsupportedReactor as exc:
+            raise stop_with(ConfigError(str(exc))) from None
         self.spool = Spool.for_crawler(crawler, self.config)
         try:
             self.rules = RulesGate(self.config, crawler.stats)

@@ -228,3 +228,16 @@ def test_none_and_json_settings_can_be_given_on_the_command_line(tmp_path):
     assert config.row_id_field is None
     assert config.emulator_dir is None
     assert config.schema == json.loads(schema)
+
+
+def test_a_reactor_the_package_cannot_await_on_stops_the_crawl_with_its_error_line(tmp_path):
+    result = crawl(tmp_path, "TWISTED_REACTOR = 'twisted.internet.epollreactor.EPollReactor'\n")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "[scrapy_llm_extract" in line]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert errors[0].endswith(
+        "[scrapy_llm_extract.startup] ERROR: scrapy-llm-extract awaits the OpenAI SDK on"
+        " asyncio, but this crawl runs on another Twisted reactor. Set TWISTED_REACTOR ="
+        ' "twisted.internet.asyncioreactor.AsyncioSelectorReactor" (Scrapy\'s default).'
+    )
+    assert "Spider opened" not in result.stderr

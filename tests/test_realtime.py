@@ -453,7 +453,10 @@ process.start()
         timeout=60,
         cwd=tmp_path,
     )
-    assert "UnsupportedReactor" in run.stderr
+    assert (
+        "[scrapy_llm_extract.startup] ERROR: scrapy-llm-extract awaits the OpenAI SDK on asyncio"
+        in run.stderr
+    )
     assert "TWISTED_REACTOR" in run.stderr
     assert "Spider closed (finished)" not in run.stderr
 
