@@ -39,6 +39,8 @@ BATCH_FEED = Path("output", "batch.jsonl")
 CRAWL_LOG = Path("output", "crawl.log")
 COLLECT_LOG = Path("output", "collect-batches.log")
 EXTRACTED = ("title", "price", "currency", "sku", "brand", "availability")
+#: The package's requires-python.
+MINIMUM_PYTHON = (3, 11)
 RULES_SETTINGS = ["-s", "LLM_EXTRACT_RULES=True", "-s", "LLM_EXTRACT_RULES_REALTIME_PAGES=5"]
 #: A rules stat in Scrapy's stats dump: 'llm_extract/rules/answered': 23,
 RULES_STAT = re.compile(r"'llm_extract/rules/([\w/]+)': ([\d.e-]+)")
@@ -109,13 +111,49 @@ def is_installed(python: Path) -> bool:
     return probe.returncode == 0
 
 
+def python_version(python: Path) -> tuple[int, int] | None:
+    """The (major, minor) version of ``python``; None if it does not run."""
+    probe = subprocess.run(
+        [str(python), "-c", "import sys; print(*sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    numbers = probe.stdout.split()
+    if probe.returncode != 0 or len(numbers) != 2 or not all(n.isdigit() for n in numbers):
+        return None
+    return int(numbers[0]), int(numbers[1])
+
+
 def ensure_installed(venv: Path) -> Path:
-    """The virtualenv's python, with scrapy-llm-extract installed in it."""
+    """The virtualenv's python, with scrapy-llm-extract installed in it.
+
+    Exits with one line saying what to do when the venv cannot be used or set up: a venv
+    left by an older Python or a failed install would otherwise fail every later run.
+    """
     python = venv_python(venv)
-    if not python.exists():
-        run([sys.executable, "-m", "venv", str(venv)])
-    if not is_installed(python):
-        run([str(python), "-m", "pip", "install", "--quiet", "-e", str(REPOSITORY)])
+    needed = ".".join(map(str, MINIMUM_PYTHON))
+    try:
+        if not python.exists():
+            run([sys.executable, "-m", "venv", str(venv)])
+        version = python_version(python)
+        if version is None or version < MINIMUM_PYTHON:
+            made = (
+                "a Python that does not run" if version is None else "Python {}.{}".format(*version)
+            )
+            sys.exit(
+                f"{venv} was made with {made}, and scrapy-llm-extract needs {needed}+: delete"
+                " it and run the demo again, or pass --venv PATH to use another one."
+            )
+        if not is_installed(python):
+            run([str(python), "-m", "pip", "install", "--quiet", "-e", str(REPOSITORY)])
+    except subprocess.CalledProcessError as exc:
+        sys.exit(
+            f"Setting up {venv} failed ({Path(exc.cmd[0]).name} {' '.join(exc.cmd[1:3])}:"
+            f" exit {exc.returncode}, its messages are above). Installing needs the network or"
+            f" a package index pip can reach; fix that, delete {venv} if it is half-made, and"
+            " run the demo again."
+        )
     return python
 
 
@@ -194,6 +232,16 @@ def main() -> None:
         "--rules", action="store_true", help="crawl twice with learned rules (experimental)"
     )
     args = parser.parse_args()
+    if sys.version_info < MINIMUM_PYTHON:
+        sys.exit(
+            f"The demo needs Python {'.'.join(map(str, MINIMUM_PYTHON))}+, and {sys.executable}"
+            f" is {'.'.join(map(str, sys.version_info[:3]))}: run it with python3.11 or newer."
+        )
+    if args.openai and not os.environ.get("OPENAI_API_KEY", "").strip():
+        sys.exit(
+            "--openai calls OpenAI with the OPENAI_API_KEY of the environment, and it is not"
+            " set: export it first, or leave out --openai to run offline."
+        )
     python = str(ensure_installed(args.venv))
     env = dict(os.environ)
     if not args.openai:

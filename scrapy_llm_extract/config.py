@@ -9,6 +9,7 @@ reads. Nothing else calls ``settings.get*`` for these names.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -277,12 +278,25 @@ def _data_dir(value: str | os.PathLike[str]) -> Path:
     return Path(data_path(value, createdir=False))
 
 
+#: What ``-s NAME=...`` on the command line can give for None: it gives strings only.
+NONE_STRINGS = frozenset({"", "None"})
+
+
+def _get(settings: BaseSettings, name: str) -> Any:
+    """The value of ``name``, with "None" and "" read as None where None is a documented value."""
+    value = settings.get(name, SETTINGS[name].default)
+    takes_none = SETTINGS[name].default is None or "None:" in SETTINGS[name].doc
+    if takes_none and isinstance(value, str) and value.strip() in NONE_STRINGS:
+        return None
+    return value
+
+
 def _number(settings: BaseSettings, name: str, *, integer: bool = True, zero: bool = False) -> Any:
     """A number from settings (the command line gives strings), None if unset.
 
     Positive, or also zero with ``zero``; whole with ``integer``.
     """
-    value = settings.get(name, SETTINGS[name].default)
+    value = _get(settings, name)
     if value is None:
         return None
     try:
@@ -298,7 +312,7 @@ def _number(settings: BaseSettings, name: str, *, integer: bool = True, zero: bo
 
 def _text(settings: BaseSettings, name: str, *, optional: bool = False) -> Any:
     """A string setting (None allowed with ``optional``)."""
-    value = settings.get(name, SETTINGS[name].default)
+    value = _get(settings, name)
     if (isinstance(value, str) and value) or (optional and value is None):
         return value
     kind = "a non-empty string" + (" or None" if optional else "")
@@ -314,14 +328,14 @@ def _share(settings: BaseSettings, name: str) -> float:
 
 
 def _choice(settings: BaseSettings, name: str, choices: tuple[str, ...]) -> str:
-    value = settings.get(name, SETTINGS[name].default)
+    value = _get(settings, name)
     if value not in choices:
         raise ConfigError(f"{name} must be {' or '.join(repr(c) for c in choices)}, got {value!r}.")
     return str(value)
 
 
 def _router(settings: BaseSettings) -> Router | None:
-    value = settings.get("LLM_EXTRACT_ROUTER", SETTINGS["LLM_EXTRACT_ROUTER"].default)
+    value = _get(settings, "LLM_EXTRACT_ROUTER")
     if isinstance(value, str):
         try:
             value = load_object(value)
@@ -338,13 +352,32 @@ def _router(settings: BaseSettings) -> Router | None:
 
 
 def _schema(settings: BaseSettings) -> dict[str, Any] | str | None:
-    value = settings.get("LLM_EXTRACT_SCHEMA", SETTINGS["LLM_EXTRACT_SCHEMA"].default)
-    if value is None or (isinstance(value, dict | str) and value):
+    """A JSON Schema dict (given as JSON text on the command line) or an importable path."""
+    value = _get(settings, "LLM_EXTRACT_SCHEMA")
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ConfigError(f"LLM_EXTRACT_SCHEMA is not valid JSON ({exc}): {value!r}.") from None
+    if value is None or (isinstance(value, dict) and value):
         return value  # type: ignore[no-any-return]
+    if isinstance(value, str) and value:
+        try:
+            load_object(value)
+        except (ImportError, AttributeError, ValueError, NameError) as exc:
+            raise ConfigError(
+                f"LLM_EXTRACT_SCHEMA = {value!r} cannot be imported ({exc}); give the import"
+                " path of an item class, or a JSON Schema dict (JSON text on the command line)."
+            ) from None
+        return value
     raise ConfigError(
         "LLM_EXTRACT_SCHEMA must be a JSON Schema dict or the import path of an item class,"
         f" got {value!r}."
     )
+
+
+#: What a LLM_EXTRACT_PRICES entry may give (see models.model_info).
+PRICE_KEYS = ("input", "output", "cached_input", "context_window")
 
 
 def _prices(settings: BaseSettings) -> dict[str, Any]:
@@ -357,7 +390,22 @@ def _prices(settings: BaseSettings) -> dict[str, Any]:
             "LLM_EXTRACT_PRICES must be a dict like {'gpt-4o-mini': {'input': 0.15,"
             f" 'output': 0.6}}}}, got {settings.get('LLM_EXTRACT_PRICES')!r}."
         )
+    for model, entry in prices.items():
+        for key, value in entry.items():
+            if key not in PRICE_KEYS or not _non_negative(value):
+                raise ConfigError(
+                    f"LLM_EXTRACT_PRICES[{model!r}][{key!r}] = {value!r} cannot be used: give"
+                    f" numbers >= 0 for {', '.join(PRICE_KEYS)} (USD per million tokens; the"
+                    " context window in tokens)."
+                )
     return prices
+
+
+def _non_negative(value: Any) -> bool:
+    try:
+        return not isinstance(value, bool) and float(value) >= 0  # False for NaN
+    except (TypeError, ValueError):
+        return False
 
 
 def default_prepare_workers() -> int:
@@ -429,7 +477,7 @@ class Config:
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> Config:
         def get(name: str) -> Any:
-            return settings.get(name, SETTINGS[name].default)
+            return _get(settings, name)
 
         def get_bool(name: str) -> bool:
             try:
@@ -446,7 +494,7 @@ class Config:
         remote = isinstance(spool, str) and spool.startswith("s3://")
         staging = _data_dir(get("LLM_EXTRACT_SPOOL_STAGING_DIR")) if remote else None
         if effort is not None and effort not in REASONING_EFFORTS:
-            raise ValueError(
+            raise ConfigError(
                 f"LLM_EXTRACT_REASONING_EFFORT must be None or one of"
                 f" {', '.join(REASONING_EFFORTS)}, got {effort!r}."
             )

@@ -14,9 +14,9 @@ from scrapy.utils.misc import load_object
 
 from .config import Config
 from .items import input_fields
-from .prompt import ExtractionRequest, RequestBuilder
+from .prompt import ExtractionRequest, NoRoomForPage, RequestBuilder
 from .schema import SchemaError, item_class_schema, schema_name, strict_schema
-from .slim import slim_page
+from .slim import slim_page, without_surrogates
 
 if TYPE_CHECKING:
     from .workers import PrepareWorkers
@@ -58,7 +58,10 @@ def build_request(
         raise InvalidInput("not_text", page.not_text)
     if not page.structured and not page.text:
         raise InvalidInput("empty_page", "the page has no text or structured data")
-    request = builder.build(page, url=url, schema=schema.schema, schema_name=schema.name)
+    try:
+        request = builder.build(page, url=url, schema=schema.schema, schema_name=schema.name)
+    except NoRoomForPage as exc:
+        raise InvalidInput("no_room", str(exc)) from None
     if page.fallback:
         request = replace(request, slim_fallback=True)
     _ = request.body_json  # serialised here (cached), so a worker sends the JSON back ready
@@ -115,7 +118,8 @@ class Preparer:
                 f"{self.config.source_field!r} holds a {type(source).__name__}, not str or bytes",
             )
         url = adapter.get(self.config.url_field)
-        return source, (str(url) if url is not None else None), self.schema_for(adapter.item)
+        url = without_surrogates(str(url)) if url is not None else None
+        return source, url, self.schema_for(adapter.item)
 
     def prepare(self, adapter: ItemAdapter) -> Prepared:
         """Slim the page and build its request; raise InvalidInput when there is nothing to send."""

@@ -26,13 +26,14 @@ from .items import (
     no_source_warning,
     set_field,
 )
-from .realtime import RealtimeExtractor
+from .realtime import RealtimeExtractor, UnsupportedReactor
 from .results import Extracted, Failure
 from .router import BATCH, REALTIME, SKIP, checked_route, resolve_router
 from .rules.gate import RulesGate
 from .schema import SchemaError
 from .spool import Spool, UnspoolableItem
 from .startup import check_spool_dir, crawler_config, exit_nonzero, stop_with
+from .tokens import EncodingUnavailable
 from .workers import PrepareWorkers
 
 if TYPE_CHECKING:
@@ -62,9 +63,17 @@ class LLMExtractPipeline:
         except ConfigError as exc:
             raise stop_with(exc) from None
         self.stats = crawler.stats
-        self.preparer = Preparer(self.config)
+        try:
+            self.preparer = Preparer(self.config)
+        except SchemaError as exc:
+            raise stop_with(ConfigError(f"LLM_EXTRACT_SCHEMA is unusable: {exc}")) from None
+        except EncodingUnavailable as exc:
+            raise stop_with(ConfigError(str(exc))) from None
         self.workers = PrepareWorkers(self.config, crawler.stats)
-        self.realtime = RealtimeExtractor(self.config, crawler.stats)
+        try:
+            self.realtime = RealtimeExtractor(self.config, crawler.stats)
+        except UnsupportedReactor as exc:
+            raise stop_with(ConfigError(str(exc))) from None
         self.spool = Spool.for_crawler(crawler, self.config)
         try:
             self.rules = RulesGate(self.config, crawler.stats)
@@ -73,6 +82,7 @@ class LLMExtractPipeline:
         self._schema_error_reported = False
         self._checked_classes: set[type] = set()
         self._no_source_classes: set[type] = set()
+        self._rejections_said: set[tuple[type, tuple[str, ...]]] = set()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> LLMExtractPipeline:
@@ -146,6 +156,10 @@ class LLMExtractPipeline:
         rejected = merge_extracted(adapter, outcome.fields, self.config)
         if rejected:
             self.stats.inc_value("llm_extract/merge/rejected_fields", len(rejected))
+            said = (type(adapter.item), tuple(rejected))
+            if said in self._rejections_said:  # counted every time, said once per class
+                return
+            self._rejections_said.add(said)
             logger.warning(
                 "%s has no field(s) %s for extracted values; add them to the item class or set"
                 " LLM_EXTRACT_OUTPUT_FIELD.",

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
+from urllib.parse import quote
 
 from .config import Config
 from .models import model_info, request_params
@@ -24,12 +25,26 @@ from .tokens import count_tokens, truncate_to_tokens
 
 #: Tags of the user message; page text cannot contain them (see neutralise()).
 DELIMITER_TAGS = ("untrusted_page", "structured_data", "visible_text")
-_DELIMITER_RE = re.compile(r"<(/?\s*)(" + "|".join(DELIMITER_TAGS) + r")", re.IGNORECASE)
+#: "<" and its look-alikes (fullwidth, small form), and what may stand between one and a tag
+#: name while a model still reads a tag: spaces, "/" and invisible format characters.
+_TAG_OPENERS = "<\uff1c\ufe64"
+_TAG_GAP = r"[\s/\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]*"
+_DELIMITER_RE = re.compile(
+    f"[{_TAG_OPENERS}]({_TAG_GAP})(" + "|".join(DELIMITER_TAGS) + ")", re.IGNORECASE
+)
+#: What a URL cannot hold as is in the url="..." attribute: it would end the attribute or
+#: the tag. Percent-encoded, as a browser would; other URLs are sent byte for byte.
+_URL_UNSAFE = re.compile(f'["<>\\s{_TAG_OPENERS[1:]}]')
 #: tiktoken counts message contents; chat framing adds a few tokens per message.
 TOKENS_PER_MESSAGE = 3
 REPLY_PRIMING_TOKENS = 3
 #: Room kept for the response_format schema and framing when sizing the page budget.
 SAFETY_MARGIN_TOKENS = 256
+
+
+class NoRoomForPage(ValueError):
+    """The page budget leaves nothing of a page with content: the request would be paid
+    for an empty page."""
 
 
 def dump_json(value: Any) -> str:
@@ -111,6 +126,11 @@ class RequestBuilder:
         structured, structured_cut = truncate_to_tokens(structured, budget, model)
         budget -= count_tokens(structured, model)
         text, text_cut = truncate_to_tokens(text, max(budget, 0), model)
+        if not structured and not text and (page.structured or page.text):
+            raise NoRoomForPage(
+                f"a page budget of {self.max_page_tokens} tokens leaves nothing of the page"
+                " once its URL and delimiters are counted: raise LLM_EXTRACT_MAX_INPUT_TOKENS"
+            )
         content = _user_message(structured, text, url)
         tokens = count_tokens(content, model)
         while tokens > self.max_page_tokens and text:
@@ -120,15 +140,20 @@ class RequestBuilder:
             text_cut = True
             content = _user_message(structured, text, url)
             tokens = count_tokens(content, model)
-        return content, tokens, structured_cut or text_cut
+        return content, tokens, structured_cut or text_cut or page.cut
 
 
 def _user_message(structured: str, text: str, url: str | None) -> str:
     """The page between delimiters; both parts must already be neutralised."""
-    parts = [f'<untrusted_page url="{neutralise(url)}">\n' if url else "<untrusted_page>\n"]
+    parts = [f'<untrusted_page url="{_attribute(url)}">\n' if url else "<untrusted_page>\n"]
     if structured:
         parts.append(f"<structured_data>\n{structured}\n</structured_data>\n")
     if text:
         parts.append(f"<visible_text>\n{text}\n</visible_text>\n")
     parts.append("</untrusted_page>")
     return "".join(parts)
+
+
+def _attribute(url: str) -> str:
+    """The URL as the value of the url="..." attribute: the item's URL is untrusted too."""
+    return _URL_UNSAFE.sub(lambda match: quote(match.group()), url)

@@ -24,7 +24,7 @@ import openai
 from scrapy.utils.asyncio import is_asyncio_available
 
 from .cache import ResponseCache
-from .client import async_client, redact
+from .client import MissingAPIKey, async_client, redact
 from .config import Config
 from .models import add_costs, cost_usd, model_info, rounded_usd
 from .results import (
@@ -50,6 +50,10 @@ logger = logging.getLogger(__name__)
 
 STATS_PREFIX = "llm_extract/realtime"
 CHAT_COMPLETIONS_PATH = "/chat/completions"
+#: How a server that is not an OpenAI-compatible API answers a POST to /chat/completions.
+NO_SUCH_ENDPOINT = frozenset({404, 405})
+#: Failure kind of an urgent item when no API key is set: spooling needs none, calls do.
+NO_API_KEY = "no_api_key"
 SECONDS_PER_MINUTE = 60.0
 
 
@@ -146,11 +150,18 @@ class RealtimeExtractor:
             )
         self.config = config
         self.stats = stats
-        self.client = client or async_client(config)
+        self._missing_key = ""
+        try:
+            self.client: openai.AsyncOpenAI | None = client or async_client(config)
+        except MissingAPIKey as exc:  # a crawl that only spools needs no key: urgent items fail
+            self.client, self._missing_key = None, str(exc)
         self.retry = RetryPolicy.from_config(config, clock, sleep)
         self.limiter = RateLimiter(config.rpm, config.tpm, clock, sleep)
-        endpoint = str(self.client.base_url)
-        self.cache = ResponseCache(config.cache_dir, endpoint) if config.cache_enabled else None
+        self.cache = (
+            ResponseCache(config.cache_dir, str(self.client.base_url))
+            if config.cache_enabled and self.client is not None
+            else None
+        )
         self._slots = asyncio.Semaphore(config.concurrent_requests)
         self._model = model_info(config.model, config.prices)
         self._cost: float | None = 0.0
@@ -170,7 +181,8 @@ class RealtimeExtractor:
         return outcome
 
     async def close(self) -> None:
-        await self.client.close()
+        if self.client is not None:
+            await self.client.close()
         if (cache := self._working_cache()) is not None:
             cache.close()
 
@@ -182,6 +194,8 @@ class RealtimeExtractor:
         return self.cache
 
     async def _extract(self, prepared: Prepared) -> Outcome:
+        if self.client is None:
+            return Failure(NO_API_KEY, self._missing_key)
         request = prepared.request
         schema = prepared.schema.schema
         cache = self._working_cache()
@@ -220,11 +234,14 @@ class RealtimeExtractor:
                 wait,
             )
 
+        client = self.client
+        assert client is not None  # _extract() answered for a missing key
+
         async def send() -> httpx2.Response:
             await self.limiter.acquire(request.prompt_tokens)
             # The generic post sends the body exactly as built (the typed create()
             # reorders keys), so the request bytes equal the batch row's body.
-            return await self.client.post(
+            return await client.post(
                 CHAT_COMPLETIONS_PATH, body=request.body, cast_to=httpx2.Response
             )
 
@@ -234,10 +251,26 @@ class RealtimeExtractor:
         except openai.OpenAIError as exc:
             return self._api_failure(exc, retries)
         try:
-            body: dict[str, Any] = response.json()
+            body = response.json()
         except ValueError:
-            return Failure(API_ERROR, "the API answered HTTP 200 with a body that is not JSON")
-        return body
+            return self._not_a_completion("a body that is not JSON")
+        if not _looks_like_completion(body):
+            return self._not_a_completion(f"JSON that is not a chat completion ({_shape(body)})")
+        return body  # type: ignore[no-any-return]
+
+    def _not_a_completion(self, what: str) -> Failure:
+        return Failure(
+            API_ERROR,
+            f"{self._endpoint()} answered HTTP 200 with {what}: check that LLM_EXTRACT_BASE_URL"
+            " is an OpenAI-compatible API (its base URL, usually ending in /v1) and no proxy"
+            " answers in its place",
+        )
+
+    def _endpoint(self) -> str:
+        """The URL called, without any user:password a base URL may carry."""
+        assert self.client is not None  # only named after a call
+        base = self.client.base_url.copy_with(username=None, password=None)
+        return str(base).rstrip("/") + CHAT_COMPLETIONS_PATH
 
     def _api_failure(self, exc: openai.OpenAIError, retries: int) -> Failure:
         """A final API error as a failure whose message says what to do about it."""
@@ -256,6 +289,13 @@ class RealtimeExtractor:
         elif isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
             kind = API_ERROR
             advice = "check LLM_EXTRACT_API_KEY or OPENAI_API_KEY"
+        elif isinstance(exc, openai.APIStatusError) and exc.status_code in NO_SUCH_ENDPOINT:
+            kind = API_ERROR
+            advice = (
+                f"{self._endpoint()} has no such model or is no chat-completions endpoint: check"
+                " LLM_EXTRACT_MODEL, and that LLM_EXTRACT_BASE_URL is an OpenAI-compatible API"
+                " (its base URL, usually ending in /v1)"
+            )
         elif isinstance(exc, openai.APIStatusError) and exc.status_code >= 500:
             kind = API_ERROR
             advice = "OpenAI kept failing; raise LLM_EXTRACT_MAX_RETRIES or try again later"
@@ -292,7 +332,7 @@ class RealtimeExtractor:
 
     def _redact(self, text: str) -> str:
         """Server messages may quote the key (401s do, partly): never let it reach a log."""
-        return redact(text, self.client.api_key)
+        return redact(text, self.client.api_key if self.client is not None else None)
 
     def _count_usage(self, usage: Usage) -> None:
         self._inc("input_tokens", usage.prompt_tokens)
@@ -313,3 +353,20 @@ class RealtimeExtractor:
 
     def _inc(self, name: str, count: int = 1) -> None:
         self.stats.inc_value(f"{STATS_PREFIX}/{name}", count)
+
+
+def _looks_like_completion(body: Any) -> bool:
+    """A chat.completion's shape, as far as parse_completion reads it."""
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+        return False
+    return all(
+        isinstance(choice, dict) and isinstance(choice.get("message", {}), dict)
+        for choice in body["choices"]
+    )
+
+
+def _shape(body: Any) -> str:
+    """What a JSON body holds, briefly, for an error message: never the body itself."""
+    if isinstance(body, dict):
+        return "keys: " + ", ".join(sorted(map(str, body))[:5]) if body else "an empty object"
+    return f"a JSON {type(body).__name__}"

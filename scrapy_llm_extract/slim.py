@@ -23,7 +23,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urljoin
 
@@ -47,14 +47,23 @@ MAX_UNPRINTABLE_SHARE = 0.3
 #: counting tokens afterwards stays cheap. The request builder truncates by tokens.
 MAX_TEXT_CHARS = 200_000
 MAX_STRUCTURED_CHARS = 50_000
+#: A capped part ends at a line boundary only if that keeps this share of the cap: a page
+#: that is one huge paragraph is cut inside it rather than lose all of it.
+MIN_LINE_CUT_SHARE = 0.9
 #: Longest string kept from JSON-LD (descriptions repeat the visible text).
 MAX_JSON_STRING_CHARS = 500
 #: Shorter structured values are kept even when the visible text repeats them.
 MIN_DUPLICATE_CHARS = 60
+#: Meta and microdata values this long are left out when the JSON-LD states them as a string
+#: (og:title = the Product's name): shorter ones (a currency, a SKU) cost little and may
+#: belong to another JSON-LD node.
+MIN_RESTATED_CHARS = 20
 #: Longer microdata text is prose, left to the visible text ("itemprop description").
 MAX_MICRODATA_TEXT_CHARS = 200
 #: Reviews kept per JSON-LD list: a few show the tone, hundreds only cost tokens.
 MAX_REVIEWS = 3
+#: A JSON-LD list of at least this many objects (variants, offers) states once what they share.
+MIN_SHARED_ITEMS = 3
 #: A list with at least this many items that are nothing but links is a menu.
 MENU_MIN_ITEMS = 6
 #: Words a line needs besides its number to count as a UI counter ("Go to slide 3").
@@ -82,11 +91,14 @@ class SlimPage:
     #: Why the source was refused as not text (binary, mostly non-printable); both parts
     #: are then empty. Sent, it would cost a full prompt of noise.
     not_text: str = ""
+    #: Part of the page was left out by the size caps above (counted as a truncated prompt).
+    cut: bool = False
 
 
 EMPTY = SlimPage("", "")
 
 _WS = re.compile(r"\s+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f\ufffd]")
 _ALNUM = re.compile(r"\w")
 _INTEGER = re.compile(r"\d+")
@@ -230,26 +242,43 @@ def slim_page(
     only when it differs.
     """
     try:
-        text = _decode(source, encoding, content_type)[:MAX_INPUT_CHARS]
-        if not text.strip():
-            return EMPTY
-        refused = _not_text(text)
-        if refused:
-            return SlimPage("", "", not_text=refused)
-        kind = _sniff(text, content_type)
-        if kind == "json":
-            structured = _slim_json(text)
-            if structured is not None:
-                return structured
-            kind = "text"
-        if kind == "text":
-            return SlimPage("", _finish(_plain_lines(text.splitlines()), MAX_TEXT_CHARS))
-        return _slim_html(text, url)
+        decoded = _decode(source, encoding, content_type)
+        page = _slim_text(decoded[:MAX_INPUT_CHARS], content_type, url)
+        return replace(page, cut=True) if len(decoded) > MAX_INPUT_CHARS else page
     except Exception:  # a slimming bug must not lose the item
         logger.warning("Could not slim a page; sending its text without markup", exc_info=True)
         raw = source.decode("utf-8", "replace") if isinstance(source, bytes) else source
-        fallback = _TAG.sub(" ", raw[:MAX_INPUT_CHARS])
-        return SlimPage("", _finish(_plain_lines(fallback.splitlines()), MAX_TEXT_CHARS))
+        return _plain_page(_TAG.sub(" ", raw[:MAX_INPUT_CHARS]), len(raw) > MAX_INPUT_CHARS)
+
+
+def _slim_text(text: str, content_type: str | None, url: str | None) -> SlimPage:
+    """slim_page() of decoded text, by its kind."""
+    if not text.strip():
+        return EMPTY
+    refused = _not_text(text)
+    if refused:
+        return SlimPage("", "", not_text=refused)
+    kind = _sniff(text, content_type)
+    if kind == "json":
+        structured = _slim_json(text)
+        if structured is not None:
+            return structured
+        kind = "text"
+    if kind == "text":
+        return _plain_page(text)
+    return _slim_html(text, url)
+
+
+def _plain_page(text: str, cut: bool = False) -> SlimPage:
+    lines, lines_cut = _finish(_plain_lines(text.splitlines()), MAX_TEXT_CHARS)
+    return SlimPage("", lines, cut=cut or lines_cut)
+
+
+def without_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate (undecodable bytes kept by ``surrogateescape``) as
+    U+FFFD: a request body holding one cannot be encoded, to the API nor to the spool.
+    Applied to slimming's output, which is far smaller than the page."""
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
 
 
 def _decode(source: str | bytes, encoding: str | None, content_type: str | None) -> str:
@@ -321,7 +350,8 @@ def _slim_json(text: str) -> SlimPage | None:
     compact = _compact_json(value)
     if compact is None:
         return EMPTY
-    return SlimPage(_finish([f"json: {_dump(compact)}"], MAX_STRUCTURED_CHARS), "")
+    structured, cut = _finish([f"json: {_dump(compact)}"], MAX_STRUCTURED_CHARS)
+    return SlimPage(structured, "", cut=cut)
 
 
 def _slim_html(text: str, url: str | None) -> SlimPage:
@@ -342,11 +372,14 @@ def _slim_html(text: str, url: str | None) -> SlimPage:
     lines = writer.walk()
     fallback = _lost_main_content(shape, writer)
     if fallback:
-        lines = _TextWriter(shape, drop_rules=False).walk()
-    structured = _structured_lines(root, ld_json, visible="\n".join(lines), url=url)
-    return SlimPage(
-        _finish(structured, MAX_STRUCTURED_CHARS), _finish(lines, MAX_TEXT_CHARS), fallback
+        writer = _TextWriter(shape, drop_rules=False)
+        lines = writer.walk()
+    structured, structured_cut = _finish(
+        _structured_lines(root, ld_json, visible="\n".join(lines), url=url), MAX_STRUCTURED_CHARS
     )
+    text, text_cut = _finish(lines, MAX_TEXT_CHARS)
+    cut = structured_cut or text_cut or writer.cut
+    return SlimPage(structured, text, fallback, cut=cut)
 
 
 def _lost_main_content(shape: _PageShape, writer: _TextWriter) -> bool:
@@ -366,12 +399,15 @@ def _structured_lines(root: Any, ld_json: list[str], visible: str, url: str | No
     lines: list[str] = []
     for block in ld_json:
         lines.extend(_ld_json_lines(block, visible))
+    in_ld_json = "\n".join(lines)
     seen_values: set[str] = set()
 
     def add(key: str, value: str | None) -> None:
         value = _WS.sub(" ", value or "").strip()
         if key in _PROSE_KEYS and _is_visible(value, visible):
             return
+        if len(value) >= MIN_RESTATED_CHARS and _dump(value) in in_ld_json:
+            return  # a title or description the JSON-LD above states word for word
         if value and value not in seen_values and not _URL.match(value):
             seen_values.add(value)
             lines.append(f"{key}: {value}")
@@ -502,7 +538,7 @@ def _compact_json(value: Any, visible: str = "", top: bool = True) -> Any:
                 items.append(compact)
         if not items:
             return None
-        return items[0] if len(items) == 1 else _name_value_table(items)
+        return items[0] if len(items) == 1 else _shared_fields(_name_value_table(items))
     return value
 
 
@@ -549,6 +585,22 @@ def _name_value_table(items: list[Any]) -> Any:
     if not all(isinstance(name, str) for name in names) or len(set(names)) < len(names):
         return items
     return {item["name"]: item["value"] for item in items}
+
+
+def _shared_fields(items: Any) -> Any:
+    """Variants ([{"sku": "A-8", "size": "8", "offers": {...}}, ...]) state what they share
+    once: {"all": {"offers": {...}}, "each": [{"sku": "A-8", "size": "8"}, ...]}."""
+    if not isinstance(items, list) or len(items) < MIN_SHARED_ITEMS:
+        return items
+    if not all(isinstance(item, dict) for item in items):
+        return items
+    first, rest = items[0], items[1:]
+    shared = {key: value for key, value in first.items() if all(
+        key in item and item[key] == value for item in rest
+    )}  # fmt: skip
+    if not shared or len(shared) == len(first):
+        return items
+    return {"all": shared, "each": [{k: v for k, v in i.items() if k not in shared} for i in items]}
 
 
 def _is_visible(value: str, visible: str) -> bool:
@@ -840,10 +892,12 @@ def _plain_lines(lines: list[str]) -> Iterator[str]:
             yield line
 
 
-def _finish(lines: Any, limit: int) -> str:
-    """Join lines, make tag openers inert and cap the size (at a line boundary if possible)."""
+def _finish(lines: Any, limit: int) -> tuple[str, bool]:
+    """Join lines, make tag openers inert and cap the size (at a line boundary if one is
+    near the cap); also say whether it cut."""
     text = "\n".join(lines)
-    if len(text) > limit:
-        cut = text.rfind("\n", 0, limit)
-        text = text[: cut if cut > 0 else limit]
-    return _TAG_OPEN.sub(_INERT_LT, text)
+    cut = len(text) > limit
+    if cut:
+        boundary = text.rfind("\n", 0, limit)
+        text = text[: boundary if boundary >= MIN_LINE_CUT_SHARE * limit else limit]
+    return without_surrogates(_TAG_OPEN.sub(_INERT_LT, text)), cut

@@ -40,7 +40,10 @@ class _AlreadyReported(logging.Filter):
     """Drops asyncio's report of a ConfigError that was logged as one line already."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], ConfigError))
+        if record.exc_info and isinstance(record.exc_info[1], ConfigError):
+            return False
+        # Twisted's reactors other than asyncio's report the failure as text.
+        return f"{ConfigError.__module__}.{ConfigError.__name__}: " not in record.getMessage()
 
 
 _already_reported = _AlreadyReported()
@@ -49,7 +52,8 @@ _already_reported = _AlreadyReported()
 def stop_with(error: ConfigError) -> ConfigError:
     """Log ``error`` as one line and return it for raising: the crawl does not start."""
     logger.error("%s", error)
-    logging.getLogger("asyncio").addFilter(_already_reported)
+    for name in ("asyncio", "twisted"):
+        logging.getLogger(name).addFilter(_already_reported)
     return error
 
 

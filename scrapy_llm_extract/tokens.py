@@ -106,13 +106,17 @@ def encoding_name_for_model(model: str) -> str:
 
 @cache
 def get_encoding(name: str) -> tiktoken.Encoding:
-    """Load encoding ``name`` without touching the network when it is bundled."""
-    if name in BUNDLED_RANKS:
+    """Load encoding ``name`` without touching the network when its rank file is bundled.
+
+    An encoding tiktoken builds on a bundled one (gpt-oss's ``o200k_harmony`` adds special
+    tokens to ``o200k_base``'s ranks) reads that file, so every bundled file is seeded for it.
+    """
+    for bundled in [name] if name in BUNDLED_RANKS else sorted(BUNDLED_RANKS):
         try:
-            _seed_tiktoken_cache(name)
+            _seed_tiktoken_cache(bundled)
         except OSError as exc:
             raise EncodingUnavailable(
-                f"Could not write the bundled {name} rank file to tiktoken's cache"
+                f"Could not write the bundled {bundled} rank file to tiktoken's cache"
                 f" ({exc}); set TIKTOKEN_CACHE_DIR to a writable folder."
             ) from exc
     try:

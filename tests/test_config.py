@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,85 @@ def test_an_s3_spool_reads_scrapys_aws_settings_and_stages_locally(tmp_path: Pat
     assert "very-secret-key" not in repr(config) and "AKIDEXAMPLE" not in repr(config)
     local = make_config(LLM_EXTRACT_SPOOL_DIR=str(tmp_path / "spool"))
     assert (local.spool_store, local.s3, local.spool_dir) == (None, None, tmp_path / "spool")
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (
+            "LLM_EXTRACT_REASONING_EFFORT=hgh",
+            "LLM_EXTRACT_REASONING_EFFORT must be None or one of none, minimal, low, medium,"
+            " high, xhigh, max, got 'hgh'.",
+        ),
+        ("LLM_EXTRACT_SCHEMA={title: 1}", "LLM_EXTRACT_SCHEMA is not valid JSON"),
+        ("LLM_EXTRACT_SCHEMA=tiny.items.Nothing", "LLM_EXTRACT_SCHEMA = 'tiny.items.Nothing'"),
+        (
+            'LLM_EXTRACT_PRICES={"my-deploy": {"inpt": 0.15, "output": 0.6}}',
+            "LLM_EXTRACT_PRICES['my-deploy']['inpt'] = 0.15 cannot be used: give numbers >= 0"
+            " for input, output, cached_input, context_window",
+        ),
+        (
+            'LLM_EXTRACT_PRICES={"gpt-4o-mini": {"input": "0,15"}}',
+            "LLM_EXTRACT_PRICES['gpt-4o-mini']['input'] = '0,15' cannot be used",
+        ),
+        (
+            'LLM_EXTRACT_SCHEMA={"type": "object"}',
+            "LLM_EXTRACT_SCHEMA is unusable: The extraction schema must be an object with at"
+            " least one property.",
+        ),
+    ],
+)
+def test_a_bad_value_from_the_command_line_stops_the_crawl_with_one_line(
+    tmp_path, setting, message
+):
+    result = crawl(tmp_path, args=("-s", setting))
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert f"[scrapy_llm_extract.startup] ERROR: {message}" in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_none_and_json_settings_can_be_given_on_the_command_line(tmp_path):
+    """-s gives strings only: "None" (or "") is None where None is documented, a schema is JSON."""
+    schema = '{"type": "object", "properties": {"name": {"type": "string"}}}'
+    result = crawl(
+        tmp_path,
+        args=(
+            *("-s", "LLM_EXTRACT_REASONING_EFFORT=None", "-s", "LLM_EXTRACT_OUTPUT_FIELD=None"),
+            *("-s", "LLM_EXTRACT_SUBMIT_CHECK_DELAY=None", "-s", "LLM_EXTRACT_RPM="),
+            *("-s", f"LLM_EXTRACT_SCHEMA={schema}", "-s", "LLM_EXTRACT_ROUTER=None"),
+            *("-s", "LLM_EXTRACT_ROW_ID_FIELD=None"),
+        ),
+        items=1,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = make_config(
+        LLM_EXTRACT_REASONING_EFFORT="None",
+        LLM_EXTRACT_OUTPUT_FIELD="None",
+        LLM_EXTRACT_SUBMIT_CHECK_DELAY="None",
+        LLM_EXTRACT_RPM="",
+        LLM_EXTRACT_SCHEMA=schema,
+        LLM_EXTRACT_ROW_ID_FIELD="None",
+        LLM_EXTRACT_EMULATOR_DIR="None",
+    )
+    assert config.reasoning_effort is None
+    assert config.output_field is None
+    assert config.submit_check_delay is None
+    assert config.rpm is None
+    assert config.row_id_field is None
+    assert config.emulator_dir is None
+    assert config.schema == json.loads(schema)
+
+
+def test_a_reactor_the_package_cannot_await_on_stops_the_crawl_with_its_error_line(tmp_path):
+    result = crawl(tmp_path, "TWISTED_REACTOR = 'twisted.internet.epollreactor.EPollReactor'\n")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "[scrapy_llm_extract" in line]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert errors[0].endswith(
+        "[scrapy_llm_extract.startup] ERROR: scrapy-llm-extract awaits the OpenAI SDK on"
+        " asyncio, but this crawl runs on another Twisted reactor. Set TWISTED_REACTOR ="
+        ' "twisted.internet.asyncioreactor.AsyncioSelectorReactor" (Scrapy\'s default).'
+    )
+    assert "Spider opened" not in result.stderr

@@ -26,6 +26,7 @@ from tests.test_realtime_crawl import (
     realtime_stats,
     spooled_urls,
 )
+from tests.tiny_project import crawl as tiny_crawl
 
 
 class PageSpider(scrapy.Spider):
@@ -163,3 +164,22 @@ async def test_the_extension_without_an_api_key_leaves_every_file_pending(
     assert stats["llm_extract/batch/files_pending"] == 3
     assert stats["llm_extract/batch/batches_submitted"] == 0
     assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+
+
+def test_a_crawl_without_an_api_key_runs_and_spools_its_urgent_items(tmp_path):
+    """Spooling needs no key (collect-batches may run where the key is): the crawl runs,
+    urgent items fail as no_api_key, counted, and go to the spool with what to do."""
+    result = tiny_crawl(
+        tmp_path,
+        "LLM_EXTRACT_EMULATOR_DIR = None\nLLM_EXTRACT_ROUTER = lambda item, spider: 'realtime'\n",
+        items=2,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "'llm_extract/realtime/failed/no_api_key': 2" in result.stderr
+    assert "'llm_extract/realtime/fallback_to_batch': 2" in result.stderr
+    assert "'llm_extract/batch/rows': 2" in result.stderr
+    assert (
+        "failed (no_api_key: No OpenAI API key: set LLM_EXTRACT_API_KEY or the OPENAI_API_KEY"
+        " environment variable" in result.stderr
+    )

@@ -453,6 +453,50 @@ process.start()
         timeout=60,
         cwd=tmp_path,
     )
-    assert "UnsupportedReactor" in run.stderr
+    assert (
+        "[scrapy_llm_extract.startup] ERROR: scrapy-llm-extract awaits the OpenAI SDK on asyncio"
+        in run.stderr
+    )
     assert "TWISTED_REACTOR" in run.stderr
     assert "Spider closed (finished)" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx2.Response(200, text="<html>Welcome to nginx!</html>"),
+        httpx2.Response(200, json={"status": "ok"}),
+        httpx2.Response(200, json=[{"choices": []}]),
+        httpx2.Response(200, json={"choices": "none"}),
+        httpx2.Response(200, json={"choices": [{"message": "text"}]}),
+        httpx2.Response(404, text="<h1>Not Found</h1>"),
+        httpx2.Response(405, text="Method Not Allowed"),
+    ],
+    ids=["html", "other-json", "list", "choices-str", "message-str", "404", "405"],
+)
+@deferred_f_from_coro_f
+async def test_an_endpoint_that_is_not_openai_compatible_is_named_with_what_to_check(
+    answer, caplog
+):
+    """A wrong LLM_EXTRACT_BASE_URL (a web server, a proxy page) fails the item with advice,
+    never a crash traceback, and never blames the model or the schema alone."""
+    extractor, preparer, stats = make_extractor(ScriptedAPI(answer))
+    with caplog.at_level(logging.INFO):
+        outcome = await extractor.extract(prepare(preparer))
+    await extractor.close()
+    assert isinstance(outcome, Failure)
+    assert outcome.kind == API_ERROR
+    assert "http://api.invalid/v1/chat/completions" in outcome.message
+    assert "LLM_EXTRACT_BASE_URL is an OpenAI-compatible API" in outcome.message
+    assert realtime_stats(stats)[f"failed/{API_ERROR}"] == 1
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+@deferred_f_from_coro_f
+async def test_the_endpoint_named_in_messages_carries_no_credentials():
+    extractor, preparer, _ = make_extractor(ScriptedAPI(httpx2.Response(404)))
+    extractor.client = extractor.client.with_options(base_url="http://me:s3cret@proxy.test/v1")
+    outcome = await extractor.extract(prepare(preparer))
+    await extractor.close()
+    assert "http://proxy.test/v1/chat/completions has no such model" in outcome.message
+    assert "s3cret" not in outcome.message

@@ -684,3 +684,44 @@ def test_no_page_with_text_slims_to_nothing_whatever_wraps_it(wrapper):
     content = "<p>Brass desk lamp, 45 cm</p><p>Price 49,90 €</p>"
     result = slim_page(page(wrapper.format(content)))
     assert result.text == "Brass desk lamp, 45 cm\nPrice 49,90 €"
+
+
+def test_variants_state_what_they_share_once_and_keep_every_own_value():
+    variants = [
+        {
+            "@type": "Product",
+            "name": f"Wool Runner - Size {size}",
+            "sku": f"WR-{size}",
+            "color": "Natural Grey",
+            "offers": {"@type": "Offer", "price": 110, "priceCurrency": "USD"},
+        }
+        for size in (8, 9, 10)
+    ]
+
+    def variants_as_sent(variants):
+        ld = {"@type": "ProductGroup", "name": "Wool Runner", "hasVariant": variants}
+        script = f'<script type="application/ld+json">{json.dumps(ld)}</script>'
+        structured = slim_page(page(script + "<h1>Wool Runner</h1>")).structured
+        return json.loads(structured.removeprefix("ld+json: "))["hasVariant"]
+
+    assert variants_as_sent(variants) == {
+        "all": {"color": "Natural Grey", "offers": {"price": 110, "priceCurrency": "USD"}},
+        "each": [{"name": f"Wool Runner - Size {n}", "sku": f"WR-{n}"} for n in (8, 9, 10)],
+    }
+    # Two variants, or variants sharing nothing, are left as they are.
+    assert [v["sku"] for v in variants_as_sent(variants[:2])] == ["WR-8", "WR-9"]
+    assert variants_as_sent([{"sku": n} for n in "ABC"]) == [{"sku": n} for n in "ABC"]
+
+
+def test_meta_values_the_json_ld_states_are_sent_once():
+    ld = {"@type": "Product", "name": "Men's Wool Runner, Natural Grey", "sku": "WR-8"}
+    head = (
+        f'<script type="application/ld+json">{json.dumps(ld)}</script>'
+        "<title>Men's Wool Runner, Natural Grey</title>"
+        '<meta property="og:title" content="Men\'s Wool Runner, Natural Grey">'
+        '<meta property="product:retailer_item_id" content="WR-8">'
+    )
+    structured = slim_page(page("<h1>Wool Runner</h1>", head)).structured
+    assert structured.count("Men's Wool Runner, Natural Grey") == 1
+    assert "og:title" not in structured and "\ntitle:" not in structured
+    assert "product:retailer_item_id: WR-8" in structured  # short values stay: they are cheap

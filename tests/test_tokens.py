@@ -19,6 +19,8 @@ from scrapy_llm_extract.tokens import (
     truncate_to_tokens,
 )
 
+from .tiny_project import crawl
+
 
 @pytest.fixture
 def empty_tiktoken_cache(tmp_path, monkeypatch):
@@ -110,3 +112,31 @@ def test_truncate_to_tokens():
     assert text.startswith(cut)
     same, truncated = truncate_to_tokens("short", 50, "gpt-4o-mini")
     assert (same, truncated) == ("short", False)
+
+
+def test_an_encoding_built_on_a_bundled_one_loads_offline(tmp_path):
+    """gpt-oss (served by vLLM and other OpenAI-compatible servers) uses o200k_harmony, which
+    tiktoken builds from o200k_base's rank file: a fresh interpreter counts it offline."""
+    assert encoding_name_for_model("gpt-oss-20b") == "o200k_harmony"
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path), "HTTPS_PROXY": "http://127.0.0.1:9"}
+    script = "from scrapy_llm_extract.tokens import count_tokens\n" + (
+        "print(count_tokens('hello world', 'gpt-oss-20b'))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "2"
+
+
+def test_a_model_whose_tokenizer_cannot_load_offline_stops_the_crawl_with_one_line(tmp_path):
+    result = crawl(
+        tmp_path,
+        "LLM_EXTRACT_MODEL = 'text-davinci-003'\n",  # p50k_base: not bundled
+        env={"TIKTOKEN_CACHE_DIR": str(tmp_path / "cache"), "HTTPS_PROXY": "http://127.0.0.1:9"},
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert "tiktoken could not load the p50k_base encoding" in errors[0]
+    assert "Traceback" not in result.stderr
