@@ -21,7 +21,7 @@ from scrapy.settings import BaseSettings
 from scrapy.utils.misc import load_object
 from scrapy.utils.project import data_path
 
-from .models import REASONING_EFFORTS
+from .models import REASONING_EFFORTS, chat_completions_problem
 
 DEFAULT_INSTRUCTIONS = (
     "You extract product data from one web page. The page is given in the user message"
@@ -493,13 +493,16 @@ class Config:
         spool = get("LLM_EXTRACT_SPOOL_DIR")
         remote = isinstance(spool, str) and spool.startswith("s3://")
         staging = _data_dir(get("LLM_EXTRACT_SPOOL_STAGING_DIR")) if remote else None
+        model = _text(settings, "LLM_EXTRACT_MODEL")
+        if (problem := chat_completions_problem(model)) is not None:
+            raise ConfigError(f"LLM_EXTRACT_MODEL: {problem}")
         if effort is not None and effort not in REASONING_EFFORTS:
             raise ConfigError(
                 f"LLM_EXTRACT_REASONING_EFFORT must be None or one of"
                 f" {', '.join(REASONING_EFFORTS)}, got {effort!r}."
             )
         return cls(
-            model=_text(settings, "LLM_EXTRACT_MODEL"),
+            model=model,
             source_field=_text(settings, "LLM_EXTRACT_SOURCE_FIELD"),
             url_field=_text(settings, "LLM_EXTRACT_URL_FIELD"),
             schema=_schema(settings),

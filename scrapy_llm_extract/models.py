@@ -200,15 +200,19 @@ class RequestRules:
 
 CLASSIC = RequestRules()
 #: First match wins. Efforts per OpenAI's ReasoningEffort docs: gpt-5.1 and later take "none"
-#: (their default) but not "minimal"; earlier gpt-5 models take "minimal" but not "none"; the
-#: o-series take "low" to "high"; o1-mini and o1-preview take no reasoning_effort at all.
-#: gpt-4*, gpt-3.5 and gpt-5-chat models are not reasoning models.
+#: (their default) but not "minimal", and "xhigh" from gpt-5.2; earlier gpt-5 models take
+#: "minimal" but not "none"; the o-series take "low" to "high"; o1-mini and o1-preview take no
+#: reasoning_effort at all. gpt-4*, gpt-3.5 and gpt-5-chat models are not reasoning models.
 FAMILIES: tuple[tuple[re.Pattern[str], RequestRules], ...] = (
     (re.compile(r"(gpt-4|gpt-3\.5|chatgpt-).*"), CLASSIC),
     (re.compile(r"gpt-5-chat(-.*)?"), CLASSIC),
     (
-        re.compile(r"gpt-5\.\d+(-.*)?"),
+        re.compile(r"gpt-5\.1(-.*)?"),
         RequestRules(True, ("none", "low", "medium", "high"), "none"),
+    ),
+    (
+        re.compile(r"gpt-5\.\d+(-.*)?"),
+        RequestRules(True, ("none", "low", "medium", "high", "xhigh"), "none"),
     ),
     (
         re.compile(r"gpt-5(-.*)?"),
@@ -222,6 +226,25 @@ FAMILIES: tuple[tuple[re.Pattern[str], RequestRules], ...] = (
 )
 #: A reasoning model that no pattern names (an Azure deployment, say): any effort is sent as set.
 UNNAMED_REASONING = RequestRules(True, REASONING_EFFORTS, "medium")
+
+
+#: OpenAI models served by the Responses API only, which neither chat completions nor their
+#: batches reach: the pro, codex and deep-research models.
+RESPONSES_ONLY = re.compile(
+    r"((gpt-5(\.\d+)?|o1|o3)-pro|(gpt-5(\.\d+)?-)?codex|o\d(-mini)?-deep-research"
+    r"|computer-use-preview)(-.*)?"
+)
+
+
+def chat_completions_problem(model: str) -> str | None:
+    """Why ``model`` cannot answer this package's chat-completions requests, or None."""
+    if RESPONSES_ONLY.fullmatch(model.removeprefix("ft:")):
+        return (
+            f"{model} is served by OpenAI's Responses API only, and this package sends chat"
+            " completions (real time and Batch API): choose a chat model such as gpt-5-mini,"
+            " gpt-5.1 or gpt-4.1-mini."
+        )
+    return None
 
 
 def request_rules(model: str, reasoning_effort: str | None = None) -> RequestRules:
@@ -242,15 +265,16 @@ def request_params(
     """The generation parameters of a body for ``model``, in the order they are sent.
 
     Classic models: ``max_completion_tokens`` and ``temperature: 0``. Reasoning
-    models: the effort asked for if the model takes it, else the lowest it takes,
-    and ``max_completion_tokens`` raised by that effort's reasoning allowance.
+    models: the effort asked for if the model takes it, else the nearest below it that the
+    model takes (or its lowest), and ``max_completion_tokens`` raised by that effort's
+    reasoning allowance.
     """
     rules = request_rules(model, reasoning_effort)
     if not rules.reasoning:
         return {"max_completion_tokens": max_output_tokens, "temperature": 0}
     effort = reasoning_effort
     if effort not in rules.efforts:
-        effort = rules.efforts[0] if rules.efforts else None
+        effort = _nearest_effort(effort, rules.efforts)
         if reasoning_effort is not None and (model, reasoning_effort) not in _warned_effort:
             _warned_effort.add((model, reasoning_effort))
             logger.warning(
@@ -266,6 +290,15 @@ def request_params(
     if effort is not None:
         params["reasoning_effort"] = effort
     return params
+
+
+def _nearest_effort(asked: str | None, efforts: tuple[str, ...]) -> str | None:
+    """The highest of ``efforts`` not above ``asked`` (their lowest when none is)."""
+    if not efforts:
+        return None
+    rank = REASONING_EFFORTS.index(asked) if asked in REASONING_EFFORTS else -1
+    below = [e for e in efforts if REASONING_EFFORTS.index(e) <= rank]
+    return below[-1] if below else efforts[0]
 
 
 def retarget(

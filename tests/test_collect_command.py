@@ -236,6 +236,13 @@ def test_an_unknown_run_is_a_usage_error_listing_the_runs(tmp_path, emulator):
     assert runs[0].run_id not in out
 
 
+def test_an_escalation_model_chat_completions_cannot_reach_is_a_usage_error(tmp_path, emulator):
+    project, _ = make_project(tmp_path, emulator)
+    code, _, err = finish(scrapy(project, "collect-batches", "--escalate-model", "gpt-5-pro"))
+    assert code == 2, err
+    assert "--escalate-model: gpt-5-pro is served by OpenAI's Responses API only" in err
+
+
 def test_help_offers_no_spider_arguments(tmp_path, emulator):
     project, _ = make_project(tmp_path, emulator)
     code, out, err = finish(scrapy(project, "collect-batches", "-h"))

@@ -170,6 +170,11 @@ def test_an_s3_spool_reads_scrapys_aws_settings_and_stages_locally(tmp_path: Pat
             " high, xhigh, max, got 'hgh'.",
         ),
         ("LLM_EXTRACT_SCHEMA={title: 1}", "LLM_EXTRACT_SCHEMA is not valid JSON"),
+        (
+            "LLM_EXTRACT_MODEL=gpt-5.1-codex",
+            "LLM_EXTRACT_MODEL: gpt-5.1-codex is served by OpenAI's Responses API only, and this"
+            " package sends chat completions",
+        ),
         ("LLM_EXTRACT_SCHEMA=tiny.items.Nothing", "LLM_EXTRACT_SCHEMA = 'tiny.items.Nothing'"),
         (
             'LLM_EXTRACT_PRICES={"my-deploy": {"inpt": 0.15, "output": 0.6}}',

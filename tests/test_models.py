@@ -6,6 +6,7 @@ from scrapy_llm_extract.models import (
     REASONING_ALLOWANCE,
     UNKNOWN_MODEL,
     add_costs,
+    chat_completions_problem,
     cost_usd,
     format_usd,
     model_info,
@@ -138,6 +139,42 @@ def test_an_effort_the_model_refuses_is_replaced_by_its_lowest_with_a_warning(ca
         "LLM_EXTRACT_REASONING_EFFORT = 'minimal' is not accepted by o3 (it takes low, medium,"
         " high): sending 'low' instead. Set one of the values it takes to choose."
     ]
+
+
+def test_an_effort_the_model_refuses_becomes_the_nearest_below_it_takes():
+    assert request_params("gpt-5.1", 100, "xhigh")["reasoning_effort"] == "high"
+    assert request_params("gpt-5.2", 100, "xhigh")["reasoning_effort"] == "xhigh"
+    assert request_params("gpt-5.1", 100, "minimal")["reasoning_effort"] == "none"
+    assert request_params("gpt-5-mini", 100, "max")["reasoning_effort"] == "high"
+    assert request_params("gpt-5-mini", 100, "none")["reasoning_effort"] == "minimal"
+
+
+@pytest.mark.parametrize(
+    ("model", "chat"),
+    [
+        ("gpt-5-pro", False),
+        ("gpt-5.2-pro-2025-12-11", False),
+        ("o3-pro", False),
+        ("o1-pro", False),
+        ("gpt-5-codex", False),
+        ("gpt-5.1-codex-max", False),
+        ("codex-mini-latest", False),
+        ("o4-mini-deep-research", False),
+        ("o3-deep-research-2025-06-26", False),
+        ("computer-use-preview", False),
+        ("gpt-5", True),
+        ("gpt-5.1", True),
+        ("gpt-5-mini", True),
+        ("o3", True),
+        ("gpt-4.1-mini", True),
+        ("my-pro-deployment", True),
+    ],
+)
+def test_models_only_the_responses_api_serves_are_named(model, chat):
+    problem = chat_completions_problem(model)
+    assert (problem is None) is chat
+    if problem:
+        assert "Responses API only" in problem and "gpt-5-mini" in problem
 
 
 def test_an_effort_marks_a_deployment_whose_name_hides_the_family_as_reasoning():

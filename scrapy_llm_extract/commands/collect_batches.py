@@ -116,6 +116,11 @@ class Command(ScrapyCommand):
             raise UsageError("--deadline must be a number of hours, 0 or more")
         if opts.status and opts.cancel:
             raise UsageError("--status changes nothing: use it without --cancel")
+        if opts.escalate_model:
+            from ..models import chat_completions_problem
+
+            if problem := chat_completions_problem(opts.escalate_model):
+                raise UsageError(f"--escalate-model: {problem}")
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         if not inside_project():
