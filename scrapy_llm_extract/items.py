@@ -175,11 +175,29 @@ def _item_class(path: str) -> tuple[type, tuple[str, ...]] | None:
     return cls, _required_parameters(cls)
 
 
+def _rebuild_pydantic(cls: type, fields: dict[str, Any], missing: dict[str, None]) -> Any:
+    """A pydantic item whose required page field was left out of the spool: its spooled
+    fields validated one by one (datetimes and decimals come back typed), the missing ones
+    None, as for other item classes. None when ``cls`` is no pydantic model or a field fails."""
+    construct = getattr(cls, "model_construct", None)
+    validator = getattr(cls, "__pydantic_validator__", None)
+    if construct is None or validator is None:
+        return None
+    item = construct(**missing)
+    try:
+        for name, value in fields.items():
+            validator.validate_assignment(item, name, value)
+    except ValueError:
+        return None
+    return item
+
+
 def rebuild_item(record: Mapping[str, Any]) -> Any:
     """The item a sidecar record describes, of its original class when importable.
 
     Required constructor arguments the record lacks (the page, left out of the
-    spool, or a field added since) are passed as None.
+    spool, or a field added since) are passed as None (set without validation on a
+    pydantic model, which would refuse None for ``html: str``).
     """
     fields = _from_record(dict(record.get("fields") or {}))
     path = record.get("item_class") or "builtins:dict"
@@ -191,6 +209,8 @@ def rebuild_item(record: Mapping[str, Any]) -> Any:
     try:
         return cls(**fields, **missing)
     except (TypeError, KeyError, ValueError) as exc:
+        if (rebuilt := _rebuild_pydantic(cls, fields, missing)) is not None:
+            return rebuilt
         logger.warning(
             "Could not rebuild a %s from its spooled fields (%s); passing it on as a dict.",
             path,

@@ -1,6 +1,8 @@
 import dataclasses
+import datetime
 import json
 
+import pydantic
 import scrapy
 from itemadapter import ItemAdapter
 from scrapy.utils.serialize import ScrapyJSONEncoder
@@ -100,6 +102,31 @@ def test_dataclasses_with_a_required_page_rebuild_as_their_class():
     record = json.loads(json.dumps(item_record(item, config), cls=ScrapyJSONEncoder))
     rebuilt = rebuild_item(record)
     assert rebuilt == DCProduct(url="u", html=None, title="T")  # type: ignore[arg-type]
+
+
+class PydanticProduct(pydantic.BaseModel):
+    url: str
+    html: str
+    seen_at: datetime.datetime | None = None
+    title: str | None = None
+
+
+def test_pydantic_items_with_a_required_page_rebuild_as_their_class_with_typed_fields():
+    config = make_config()
+    seen = datetime.datetime(2026, 11, 30, 12, 0)
+    item = PydanticProduct(url="u", html="<p>page</p>", seen_at=seen, title="T")
+    record = json.loads(json.dumps(item_record(item, config), cls=ScrapyJSONEncoder))
+    rebuilt = rebuild_item(record)
+    assert isinstance(rebuilt, PydanticProduct)
+    assert ItemAdapter(rebuilt).asdict() == {
+        "url": "u",
+        "html": None,
+        "seen_at": seen,
+        "title": "T",
+    }
+    # A spooled value the class no longer accepts: a dict, as for any class that refuses it.
+    record["fields"]["seen_at"] = "not a date"
+    assert rebuild_item(record)["seen_at"] == "not a date"
 
 
 def test_bytes_in_any_field_come_back_as_bytes():
