@@ -68,7 +68,12 @@ class Setting:
 SETTINGS: dict[str, Setting] = {
     # What to extract, and from where.
     "LLM_EXTRACT_MODEL": Setting("gpt-4o-mini", "OpenAI model used for extraction."),
-    "LLM_EXTRACT_SOURCE_FIELD": Setting("html", "Item field holding the page (str or bytes)."),
+    "LLM_EXTRACT_SOURCE_FIELD": Setting(
+        "html",
+        "Item field holding the page: str (response.text, which Scrapy decodes with the HTTP"
+        " header's charset), or bytes (decoded by their BOM or <meta> charset, else as UTF-8,"
+        " else windows-1252: a charset only the HTTP header states is lost).",
+    ),
     "LLM_EXTRACT_URL_FIELD": Setting("url", "Item field holding the page URL."),
     "LLM_EXTRACT_SCHEMA": Setting(
         None,
