@@ -11,6 +11,7 @@ back extracted from ``scrapy collect-batches``.
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from itemadapter import ItemAdapter
@@ -60,7 +61,9 @@ class LLMExtractPipeline:
         except ConfigError as exc:
             raise stop_with(exc) from None
         self.stats = crawler.stats
-        self.preparer = Preparer(self.config)
+        self.replaying = bool(getattr(crawler.spider, REPLAY_ATTRIBUTE, False))
+        if not self.replaying:
+            _ = self.preparer  # now: a schema or tokenizer that cannot load stops the crawl here
         self.workers = PrepareWorkers(self.config, crawler.stats)
         self.realtime = RealtimeExtractor(self.config, crawler.stats)
         self.spool = Spool.for_crawler(crawler, self.config)
@@ -76,9 +79,14 @@ class LLMExtractPipeline:
     def from_crawler(cls, crawler: Crawler) -> LLMExtractPipeline:
         return cls(crawler)
 
+    @cached_property
+    def preparer(self) -> Preparer:
+        """Built on first use: it loads the tokenizer (about 0.8 s), which a
+        ``collect-batches`` replay, passing its items on untouched, never needs."""
+        return Preparer(self.config)
+
     async def open_spider(self) -> None:
         self.router = resolve_router(self.config, self.crawler.spider)
-        self.replaying = bool(getattr(self.crawler.spider, REPLAY_ATTRIBUTE, False))
         if not self.replaying:
             self.workers.start()  # up by the time the first pages arrive
 
