@@ -11,6 +11,7 @@ back extracted from ``scrapy collect-batches``.
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from itemadapter import ItemAdapter
@@ -63,12 +64,14 @@ class LLMExtractPipeline:
         except ConfigError as exc:
             raise stop_with(exc) from None
         self.stats = crawler.stats
-        try:
-            self.preparer = Preparer(self.config)
-        except SchemaError as exc:
-            raise stop_with(ConfigError(f"LLM_EXTRACT_SCHEMA is unusable: {exc}")) from None
-        except EncodingUnavailable as exc:
-            raise stop_with(ConfigError(str(exc))) from None
+        self.replaying = bool(getattr(crawler.spider, REPLAY_ATTRIBUTE, False))
+        if not self.replaying:
+            try:  # now: a schema or tokenizer that cannot load stops the crawl here
+                _ = self.preparer
+            except SchemaError as exc:
+                raise stop_with(ConfigError(f"LLM_EXTRACT_SCHEMA is unusable: {exc}")) from None
+            except EncodingUnavailable as exc:
+                raise stop_with(ConfigError(str(exc))) from None
         self.workers = PrepareWorkers(self.config, crawler.stats)
         try:
             self.realtime = RealtimeExtractor(self.config, crawler.stats)
@@ -88,9 +91,14 @@ class LLMExtractPipeline:
     def from_crawler(cls, crawler: Crawler) -> LLMExtractPipeline:
         return cls(crawler)
 
+    @cached_property
+    def preparer(self) -> Preparer:
+        """Built on first use: it loads the tokenizer (about 0.8 s), which a
+        ``collect-batches`` replay, passing its items on untouched, never needs."""
+        return Preparer(self.config)
+
     async def open_spider(self) -> None:
         self.router = resolve_router(self.config, self.crawler.spider)
-        self.replaying = bool(getattr(self.crawler.spider, REPLAY_ATTRIBUTE, False))
         if not self.replaying:
             self.workers.start()  # up by the time the first pages arrive
 

@@ -10,8 +10,10 @@ import pytest
 from scrapy.settings import Settings
 from scrapy.utils.defer import deferred_f_from_coro_f
 
+from scrapy_llm_extract import LLMExtractPipeline
 from scrapy_llm_extract.collect import CollectOptions, cancel_batches, status_table
 from scrapy_llm_extract.spool import Run
+from scrapy_llm_extract.tokens import get_encoding
 from tests.collect_helpers import (
     BareProduct,
     Downstream,
@@ -53,6 +55,22 @@ async def test_every_row_comes_back_once_through_pipelines_and_feeds(tmp_path, e
     assert stat(crawler, "rows/extracted") == 20
     assert stat(crawler, "rows/emitted") == 20
     assert Run.open(run.path).manifest.data["collected_at"]
+
+
+@deferred_f_from_coro_f
+async def test_the_replay_never_builds_a_preparer_nor_loads_the_tokenizer(tmp_path, emulator):
+    conf = settings(tmp_path, emulator)
+    run = spool(conf, [product(n) for n in range(3)])
+    await submitted_output(conf, run)  # preparing and answering the pages count tokens
+    get_encoding.cache_clear()
+    crawler = await collect(conf)
+    assert len(feed(tmp_path / "out.jsonl")) == 3
+    (pipeline,) = (
+        p for p in crawler.engine.scraper.itemproc.middlewares if isinstance(p, LLMExtractPipeline)
+    )
+    assert pipeline.replaying
+    assert "preparer" not in vars(pipeline)
+    assert get_encoding.cache_info().currsize == 0
 
 
 FAULT_MARKERS = {
