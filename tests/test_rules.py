@@ -201,6 +201,24 @@ def test_a_field_the_model_answers_null_is_learned_as_absent():
     assert verdict(rules, page(52), 52).reason == UNKNOWN  # suspect until the next answer
 
 
+def test_a_field_only_some_pages_state_is_never_answered_null_where_it_is_stated():
+    """A publisher (a sale price) some pages show: once the model read it, a page showing it
+    goes to the model even after a null answer reinstated the suspect ``absent`` rule."""
+    rules = book(min_pages=3)
+    for n in range(3):
+        rules.learn(
+            rules.view(page(n, publisher=False), URL.format(n=n)), answer(n, publisher=False)
+        )
+    rules.learn(rules.view(page(3), URL.format(n=3)), answer(3))  # absent: suspect
+    rules.learn(
+        rules.view(page(4, publisher=False), URL.format(n=4)), answer(4, publisher=False)
+    )  # absent reinstated by a null answer; "label:publisher" agreed twice
+    stated = verdict(rules, page(52), 52)
+    assert (stated.reason, stated.alarm_field) == (ALARM_DISAGREE, "publisher")
+    unstated = verdict(rules, page(53, publisher=False), 53)
+    assert unstated.reason == ANSWERED and unstated.fields["publisher"] is None
+
+
 # Audit and retirement.
 
 

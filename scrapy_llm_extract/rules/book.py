@@ -129,7 +129,7 @@ class RuleBook:
                     return Verdict(view, ALARM_SHAPE, alarm_field=name)
                 keys.add(canonical(typed_value))
                 value = typed_value if value is MISSING else value
-            if len(keys) > 1:
+            if len(keys) > 1 or (keys == {None} and _value_seen(view, rules)):
                 return Verdict(view, ALARM_DISAGREE, alarm_field=name)
             if shape(value) not in state.shapes.get(name, ()):
                 return Verdict(view, ALARM_SHAPE, alarm_field=name)
@@ -260,6 +260,21 @@ class RuleBook:
         for (site, template), state in self._templates.items():
             self.store.save(site, template, state)
         self.store.close()
+
+
+def _value_seen(view: PageView, rules: Mapping[str, RuleState]) -> bool:
+    """Whether a candidate that read the model's last answers right reads a value here.
+
+    Every rule but ``absent`` was found on a page where the model gave a value, so when
+    one that still agrees reads a value on a page the committee calls null, the field is
+    not absent here (a sale price that only some pages show)."""
+    return any(
+        key != ABSENT
+        and not rule.promoted
+        and rule.streak
+        and _read(view, key) not in (MISSING, UNREAD)
+        for key, rule in rules.items()
+    )
 
 
 def _read(view: PageView, key: str) -> Any:
