@@ -17,7 +17,7 @@ from scrapy_llm_extract.rules.book import (
     UNKNOWN,
 )
 from scrapy_llm_extract.rules.kinds import observe, stable_name
-from scrapy_llm_extract.rules.values import canonical, shape, typed
+from scrapy_llm_extract.rules.values import MISSING, canonical, shape, typed
 
 SCHEMA = {
     "type": "object",
@@ -83,6 +83,30 @@ def test_text_compares_without_case_or_spacing_and_codes_stay_text():
     assert typed("12,50 €", {"type": "string"}) == "12,50 €"
     assert typed(None, {"type": "string"}) == ""  # absent, in a strict non-null field
     assert typed(None, {"type": ["number", "null"]}) is None
+
+
+def test_a_price_only_the_sites_convention_reads_is_left_to_the_model():
+    """A Berlin shop writes 9,99 € and 1.299 €: a rule learned on the first must not answer
+    1.299 for the second (it did, on every such page)."""
+
+    def german(n, price):
+        text = (
+            f"{price:.2f}".replace(".", ",") if price < 1000 else f"{price:,.0f}".replace(",", ".")
+        )
+        body = f'<main id="c"><h1>Ding {n}</h1><p class="price">{text} €</p></main>'
+        return f"<html><body>{body}</body></html>"
+
+    rules = book(min_pages=3)
+    prices = [9.99, 49.5, 1299.0, 12.0, 2999.0, 5.49, 19.99, 7.0]
+    for n, price in enumerate(prices):
+        rules.learn(
+            rules.view(german(n, price), URL.format(n=n)), {"title": f"Ding {n}", "price": price}
+        )
+    schema = {"properties": {k: SCHEMA["properties"][k] for k in ("title", "price")}}
+    assert rules.answer(rules.view(german(60, 1499.0), URL), schema).reason == ALARM_SHAPE
+    assert rules.answer(rules.view(german(61, 14.99), URL), schema).fields["price"] == 14.99
+    assert canonical("1.299 €") == canonical("1,299") == 1299.0
+    assert typed("1.299 €", {"type": "number"}) is typed("1,299", {"type": "number"}) is MISSING
 
 
 def test_shape_separates_lengths_digits_and_currency():
