@@ -394,24 +394,30 @@ async def test_closespider_itemcount_stops_the_replay_and_the_rest_stays_pending
     assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls(range(40))
 
 
-@pytest.mark.parametrize("fault", ["torn", "missing"])
+@pytest.mark.parametrize("fault", ["torn", "missing", "misshapen"])
 @deferred_f_from_coro_f
-async def test_a_torn_or_missing_result_row_is_resubmitted_and_never_stops_collection(
+async def test_a_torn_missing_or_misshapen_result_row_is_resubmitted_and_never_stops_collection(
     tmp_path, emulator, fault, spool_backend
 ):
+    """A misshapen row is JSON but not an output row (a proxy's error text as its body): it
+    used to raise in the join and stop the file at that row on every pass."""
     conf = settings(tmp_path, emulator, **spool_backend)
     torn_run = spool(conf, [product(n) for n in range(6)])
     output = await submitted_output(conf, torn_run)
     lines = output.read_bytes().split(b"\n")
     if fault == "torn":
         lines[2] = lines[2][: len(lines[2]) // 2]  # torn mid-file
+    elif fault == "misshapen":
+        row = json.loads(lines[2])
+        row["response"]["body"] = "502 Bad Gateway"
+        lines[2] = json.dumps(row).encode()
     else:
         del lines[2]
     output.write_bytes(b"\n".join(lines))
     other_run = spool(conf, [product(n) for n in range(10, 13)])
 
     first = await collect(conf)
-    assert stat(first, "results/unreadable") == (1 if fault == "torn" else None)
+    assert stat(first, "results/unreadable") == (None if fault == "missing" else 1)
     assert stat(first, "rows/retried") == 1
     assert stored_run(conf, other_run).manifest.data["collected_at"]
     assert failures(stored_run(conf, torn_run)) == []

@@ -655,22 +655,25 @@ class Collector:
                 failed.get("reason", "") for failed in run.manifest.files[name]["failed_batches"]
             )
             return Failure(BATCH_FAILED, f"the batch failed validation: {reasons}")
-        try:
-            row = json.loads(raw) if raw is not None else None
-        except ValueError:
-            row = None
-            self._inc("results/unreadable")
-            logger.warning(
-                "Unreadable result row for %s in %s: resubmitting it.", record["custom_id"], name
-            )
-        if row is None:
-            resubmitted = int(record.get("resubmitted") or 0)
-            return Failure(
-                MISSING,
-                f"batch {batch.id} ({batch.status}) returned no readable row for this request"
-                + (f" (resubmitted {resubmitted} time(s))" if resubmitted else ""),
-            )
-        return parse_batch_row(row, run.schema(record["schema"])["schema"])
+        schema = run.schema(record["schema"])["schema"]
+        if raw is not None:
+            try:
+                return parse_batch_row(json.loads(raw), schema)
+            # Not JSON, or JSON not shaped like an output row (a proxy's error page, a
+            # server's own format): the row never ran as far as we can tell.
+            except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+                self._inc("results/unreadable")
+                logger.warning(
+                    "Unreadable result row for %s in %s: resubmitting it.",
+                    record["custom_id"],
+                    name,
+                )
+        resubmitted = int(record.get("resubmitted") or 0)
+        return Failure(
+            MISSING,
+            f"batch {batch.id} ({batch.status}) returned no readable row for this request"
+            + (f" (resubmitted {resubmitted} time(s))" if resubmitted else ""),
+        )
 
     def _emit(self, run: Run, ledger: Ledger, record: dict[str, Any], outcome: Extracted) -> Any:
         item = rebuild_item(record)
