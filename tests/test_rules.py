@@ -169,7 +169,7 @@ def test_a_rule_is_promoted_after_min_pages_answers_in_a_row():
 
 
 def test_a_candidate_the_model_contradicts_starts_over_and_a_stale_copy_cannot_revive_it():
-    from scrapy_llm_extract.rules.shared import merge_template
+    from scrapy_llm_extract.rules.store import merge_template
 
     rules = book(min_pages=3)
     teach(rules, range(2))
@@ -296,6 +296,27 @@ def test_rules_persist_across_rule_books(tmp_path):
     second = book(tmp_path, min_pages=3)
     assert verdict(second, page(70), 70).fields == answer(70)
     second.close()
+
+
+def test_a_retirement_by_another_process_on_the_same_folder_is_never_undone(tmp_path):
+    """A crawl and a cron collector learn in one rules dir: the crawl's next save used to
+    write its stale copy over the collector's retirement, and the retired rule answered."""
+    crawl, collector = book(tmp_path, min_pages=3), book(tmp_path, min_pages=3)
+    teach(crawl, range(3))
+    assert "css:span.price" in verdict(crawl, page(60), 60).sources["price"]
+
+    def drifted(n):  # span.price now shows the list price; the model reads the sale price
+        return page(n, price=10 + n + 5, ld_price=10 + n)
+
+    for n in (10, 11):  # the collector's batch answers contradict span.price twice
+        collector.learn(collector.view(drifted(n), URL.format(n=n)), answer(n))
+    crawl.learn(crawl.view(page(12), URL.format(n=12)), answer(12))  # the crawl learns on
+
+    for rules in (crawl, book(tmp_path, min_pages=3)):
+        result = verdict(rules, drifted(61), 61)
+        assert result.reason == ANSWERED
+        assert result.sources["price"] == ["jsonld:Book.offers.price"]
+        assert result.fields["price"] == answer(61)["price"]
 
 
 def test_a_batch_answer_is_learned_from_the_page_its_row_kept(tmp_path):

@@ -183,7 +183,9 @@ class RuleBook:
                 self._agreed(rules[key], learned)
         if learned.promoted or learned.retired:
             state.answered_since_change = 0
-        self.store.save(view.site, view.template, state)
+        self._templates[(view.site, view.template)] = self.store.save(
+            view.site, view.template, state
+        )
         return learned
 
     def learn_page(
