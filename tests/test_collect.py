@@ -428,6 +428,32 @@ async def test_a_torn_missing_or_misshapen_result_row_is_resubmitted_and_never_s
 
 
 @deferred_f_from_coro_f
+async def test_a_held_back_items_file_deleted_by_hand_is_stuck_and_its_results_kept(
+    tmp_path, emulator, caplog
+):
+    """It was read as empty: the run was marked collected, its results deleted from the API,
+    and its rows stayed pending for ever, with exit 0 and nothing in the log."""
+    conf = settings(tmp_path, emulator)
+    run = spool(conf, [product(n) for n in range(3)])
+    await submitted_output(conf, run)
+    items = run.path / "items-0001.jsonl"
+    kept = items.read_bytes()
+    items.unlink()
+
+    with caplog.at_level(logging.INFO, logger="scrapy_llm_extract"):
+        crawler = await collect(conf)
+    assert crawler.spider.collector.exit_code == 1
+    assert stat(crawler, "stuck") == 1 and stat(crawler, "ledger/pending") == 3
+    assert not Run.open(run.path).manifest.data.get("collected_at")
+    assert f"{items} is gone (the items of its 3 row(s)): put it back" in caplog.text
+
+    items.write_bytes(kept)
+    again = await collect(conf)
+    assert again.spider.collector.exit_code == 0
+    assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls(range(3))
+
+
+@deferred_f_from_coro_f
 async def test_an_api_error_on_one_run_leaves_the_others_collected_and_is_listed_as_stuck(
     tmp_path, emulator, caplog
 ):

@@ -54,7 +54,7 @@ from ..results import (
     parse_batch_row,
 )
 from ..rules.gate import RulesGate
-from ..spool import FAILURES_NAME, Run, claim_dead_runs, list_runs, request_line
+from ..spool import FAILURES_NAME, Run, claim_dead_runs, list_runs, request_line, sidecar_name
 from .ledger import (
     DROPPED,
     EMITTED,
@@ -614,6 +614,12 @@ class Collector:
     async def _join(self, run: Run, ledger: Ledger, name: str, batch: Any) -> AsyncIterator[Any]:
         """Join one final batch (None: refused too often) with its sidecar; settle every row."""
         entry = run.manifest.files[name]
+        held = run.path / sidecar_name(name)
+        if entry.get("rows") and not held.exists():  # read as empty, its rows would be lost
+            raise FileNotFoundError(
+                f"{held} is gone (the items of its {entry['rows']} row(s)): put it back, then"
+                " run collect-batches again; the results stay on the API until then"
+            )
         summary = self.summaries[run.run_id]
         deadline_cancelled = bool(entry.get("deadline_cancelled"))
         user_cancelled = bool(entry.get("user_cancelled"))
