@@ -411,6 +411,8 @@ def test_the_rules_are_listed_per_site_with_their_counts(tmp_path, capsys):
     assert main([str(tmp_path)]) == 0
     listing = capsys.readouterr().out
     assert "books.example  template" in listing
+    assert "3 page(s) answered by the model, e.g. https://books.example/b/0" in listing
+    assert "* promoted: answers that field" in listing
     assert "* jsonld:Book.offers.price  agreed 3, disagreed 0" in listing
 
 

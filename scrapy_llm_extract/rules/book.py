@@ -152,6 +152,7 @@ class RuleBook:
         """Teach the book the model's answer for this page."""
         state = self.template(view)
         state.model_pages += 1
+        state.example_url = state.example_url or view.url
         learned = Learned()
         for name, value in answer.items():
             expected = canonical(value)
@@ -242,7 +243,7 @@ class RuleBook:
         """What a spooled page's row keeps, to learn from its batch answer wherever it is
         collected: the values rules read (its raw text is not kept, so the values of the
         template's delimited rules are read now)."""
-        kept = PageView(view.site, view.template, dict(view.values))
+        kept = PageView(view.site, view.template, dict(view.values), url=view.url)
         for rules in self.template(view).rules.values():
             for key in rules:
                 if key.startswith(DELIMITED) and (value := _read(view, key)) is not MISSING:

@@ -56,6 +56,8 @@ class TemplateState:
     model_pages: int = 0
     #: Pages rules answered since the last promotion or retirement (drives the audit rate).
     answered_since_change: int = 0
+    #: The first page the model answered, to show which pages the template hash stands for.
+    example_url: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -95,6 +97,7 @@ def merge_template(local: TemplateState, other: TemplateState) -> TemplateState:
         model_pages=max(local.model_pages, other.model_pages),
         # The lower count keeps the higher audit rate of the two.
         answered_since_change=min(local.answered_since_change, other.answered_since_change),
+        example_url=local.example_url or other.example_url,
     )
 
 
