@@ -454,6 +454,31 @@ async def test_a_held_back_items_file_deleted_by_hand_is_stuck_and_its_results_k
 
 
 @deferred_f_from_coro_f
+async def test_a_run_whose_manifest_is_unreadable_is_stuck_not_skipped(tmp_path, emulator, caplog):
+    """It was skipped with a warning: exit 0, and its rows counted nowhere."""
+    conf = settings(tmp_path, emulator)
+    broken = spool(conf, [product(n) for n in range(3)])
+    spool(conf, [product(n) for n in range(10, 13)])
+    manifest = broken.path / "manifest.json"
+    kept = manifest.read_bytes()
+    manifest.write_bytes(kept[: len(kept) // 2])
+
+    with caplog.at_level(logging.INFO, logger="scrapy_llm_extract"):
+        crawler = await collect(conf)
+    assert crawler.spider.collector.exit_code == 1
+    assert stat(crawler, "stuck") == 1
+    assert f"Stuck: run {broken.run_id}: its manifest.json cannot be read (" in caplog.text
+    assert "put back a readable copy" in caplog.text
+
+    manifest.write_bytes(kept)
+    again = await collect(conf)
+    assert again.spider.collector.exit_code == 0
+    assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls(
+        [0, 1, 2, 10, 11, 12]
+    )
+
+
+@deferred_f_from_coro_f
 async def test_an_api_error_on_one_run_leaves_the_others_collected_and_is_listed_as_stuck(
     tmp_path, emulator, caplog
 ):

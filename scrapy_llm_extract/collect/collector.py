@@ -39,7 +39,15 @@ from ..client import async_client, redact
 from ..config import Config
 from ..extraction import ExtractionSchema, Prepared
 from ..items import merge_extracted, rebuild_item, set_field
-from ..manifest import FILES_TO_DELETE, PENDING, RESUBMITS, SUBMITTED, SUBMITTING, utc_now
+from ..manifest import (
+    FILES_TO_DELETE,
+    MANIFEST_NAME,
+    PENDING,
+    RESUBMITS,
+    SUBMITTED,
+    SUBMITTING,
+    utc_now,
+)
 from ..models import add_costs, cost_usd, format_usd, model_info, retarget, rounded_usd
 from ..prompt import ExtractionRequest, dump_json
 from ..results import (
@@ -67,6 +75,8 @@ from .ledger import (
 from .polling import Polling, results_ready
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from scrapy.statscollectors import StatsCollector
 
 logger = logging.getLogger("scrapy_llm_extract.collect")
@@ -376,7 +386,8 @@ class Collector:
 
     def _claim_runs(self) -> list[tuple[Run, Ledger]]:
         """The runs to work on, locked; runs locked by a crawl or a collector are skipped."""
-        for run in list_runs(self.config.spool_dir):
+        unreadable: list[tuple[Path, str]] = []
+        for run in list_runs(self.config.spool_dir, unreadable):
             if run.run_id in self._runs or not self._wanted(run):
                 continue
             if not run.try_lock():
@@ -402,6 +413,14 @@ class Collector:
                 run.unlock()
                 continue
             self._runs[run.run_id] = (run, claimed)
+        for path, reason in unreadable:
+            if not self.options.run_id or path.name == self.options.run_id:
+                self._stick_reason(
+                    path.name,
+                    "",
+                    f"its {MANIFEST_NAME} cannot be read ({reason}): put back a readable copy;"
+                    " nothing of the run is collected until then",
+                )
         return [pair for pair in self._runs.values() if not self.summaries[pair[0].run_id].done]
 
     def _refuse_live(self, run: Run) -> None:
