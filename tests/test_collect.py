@@ -212,7 +212,7 @@ async def test_cancelled_batches_fail_for_good(tmp_path, emulator):
     conf = settings(tmp_path, emulator)
     run = spool(conf, [product(n) for n in range(3)])
     await collect(conf)  # submits
-    assert cancel_batches(Settings(conf), CollectOptions()) == 1
+    assert cancel_batches(Settings(conf), CollectOptions()) == (1, 0)
     crawler = await collect(conf)
     assert stat(crawler, "rows/failed") == 3
     assert [row["kind"] for row in failures(run)] == ["batch_cancelled"] * 3

@@ -142,7 +142,8 @@ class ApiFront:
     - ``refuse_key_on``: answer this ``(method, path)`` with OpenAI's 401, which quotes the
       key of the request's Authorization header (whole, and masked as OpenAI masks it);
     - ``refuse_create``: answer every ``POST /v1/batches`` with OpenAI's 400 (the creation
-      refused, as for a metadata value the API rejects).
+      refused, as for a metadata value the API rejects);
+    - ``refuse_cancel``: answer ``POST /v1/batches/{id}/cancel`` of this batch with a 400.
     """
 
     state_dir: Path
@@ -150,6 +151,7 @@ class ApiFront:
     create_answers_current: bool = False
     refuse_key_on: tuple[str, str] | None = None
     refuse_create: bool = False
+    refuse_cancel: str | None = None
     requests: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -197,6 +199,9 @@ class ApiFront:
             "POST",
             "/v1/batches",
         ):
+            error = {"error": {"message": "Emulated refusal", "type": "invalid_request_error"}}
+            return 400, {"content-type": "application/json"}, json.dumps(error).encode()
+        if (request.method, request.path) == ("POST", f"/v1/batches/{self.refuse_cancel}/cancel"):
             error = {"error": {"message": "Emulated refusal", "type": "invalid_request_error"}}
             return 400, {"content-type": "application/json"}, json.dumps(error).encode()
         if (request.method, request.path.rstrip("/")) == self.refuse_key_on:
@@ -618,6 +623,33 @@ def test_cancel_with_run_cancels_that_runs_batches_whose_rows_then_fail(tmp_path
     assert failures(second) == []
     assert not manifest(second).get("collected_at")
     assert [entry["status"] for entry in manifest(second)["files"].values()] == ["submitted"]
+
+
+def test_a_cancel_that_cannot_go_through_exits_1_and_keeps_the_cancels_that_did(tmp_path, emulator):
+    """A refused cancel raised out of the command: the cancels before it in the same run were
+    never recorded, so collection resubmitted the rows the user had cancelled. A run another
+    process held was skipped with a warning and exit 0."""
+    emulator.configure(in_progress_seconds=3600)
+    with ApiFront(emulator.path) as front:
+        project = fronted_project(tmp_path, front, LLM_EXTRACT_BATCH_MAX_REQUESTS=2)
+        run = project.spool([product(n) for n in range(4)])  # two files
+        held = project.spool([product(n) for n in range(10, 12)])
+        project.collect()  # submits the three files
+        first, second = (entry["batch_id"] for entry in manifest(run)["files"].values())
+        front.refuse_cancel = second
+        Run.open(held.path).try_lock()  # another process holds it
+
+        refused = project.scrapy("collect-batches", "--cancel")
+        assert refused.returncode == 1, refused.stderr
+        assert f"Not cancelling run {held.run_id}: another process" in refused.stderr
+        assert f"Could not cancel batch {second} (requests-0002.jsonl of {run.run_id})" in (
+            refused.stderr
+        )
+        assert "Traceback" not in refused.stderr
+        files = manifest(run)["files"]
+        assert files["requests-0001.jsonl"].get("user_cancelled")
+        assert not files["requests-0002.jsonl"].get("user_cancelled")
+        assert {b.id: b.status for b in remote_batches(emulator.path)}[first] == "cancelled"
 
 
 def test_run_collects_only_that_run(tmp_path, emulator):

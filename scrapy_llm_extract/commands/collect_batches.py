@@ -179,7 +179,7 @@ class Command(ScrapyCommand):
             print(status_table(self.settings, options))
             return
         if opts.cancel:
-            cancel_batches(self.settings, options)
+            self.exitcode = 1 if cancel_batches(self.settings, options)[1] else 0
             return
         assert self.crawler_process is not None
         self.exitcode = collect(self.crawler_process, options)
