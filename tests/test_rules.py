@@ -352,6 +352,13 @@ def test_rules_settings_are_validated_and_an_unusable_folder_is_named(tmp_path):
     config = make_config(LLM_EXTRACT_RULES=True, LLM_EXTRACT_RULES_DIR=str(blocked))
     with pytest.raises(ConfigError, match=f"LLM_EXTRACT_RULES_DIR {blocked} cannot hold"):
         RulesGate(config, stats=None)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "rules.sqlite3").write_bytes(b"\x00garbage" * 600)
+    config = make_config(LLM_EXTRACT_RULES=True, LLM_EXTRACT_RULES_DIR=str(damaged))
+    with pytest.raises(ConfigError, match=r"file is not a database.*move the damaged") as refused:
+        RulesGate(config, stats=None)
+    assert "writable folder" not in str(refused.value)  # it is writable: the file is damaged
 
 
 class Stats:

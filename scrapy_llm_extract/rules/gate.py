@@ -27,6 +27,7 @@ from ..router import BATCH, REALTIME
 from ..tokens import count_tokens
 from .book import ALARMS, ANSWERED, AUDIT, UNKNOWN, Learned, RuleBook, Verdict
 from .shared import SharedRules
+from .store import FILENAME
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -67,9 +68,16 @@ class RulesGate:
         try:
             self.book = rule_book(config) if config.rules else None
         except (OSError, sqlite3.Error) as exc:
+            damaged = type(exc) is sqlite3.DatabaseError  # "file is not a database"
+            fix = (
+                f"move the damaged {config.rules_dir}/{FILENAME} away (rules are then learned"
+                " afresh)"
+                if damaged
+                else "point it at a writable folder"
+            )
             raise ConfigError(
                 f"LLM_EXTRACT_RULES_DIR {config.rules_dir} cannot hold the learned rules ({exc}):"
-                " point it at a writable folder, or set LLM_EXTRACT_RULES = False."
+                f" {fix}, or set LLM_EXTRACT_RULES = False."
             ) from None
         self.shared = self._load_shared()
         self._model = model_info(config.model, config.prices)
