@@ -423,6 +423,28 @@ def test_the_rules_are_listed_per_site_with_their_counts(tmp_path, capsys):
     assert "* jsonld:Book.offers.price  agreed 3, disagreed 0" in listing
 
 
+def test_the_listing_read_through_head_ends_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    from scrapy_llm_extract.rules.store import RuleState, RuleStore, TemplateState
+
+    store = RuleStore(tmp_path)
+    state = TemplateState(rules={"price": {f"css:span.p{n}": RuleState() for n in range(20)}})
+    for n in range(400):  # far more than a pipe holds: the listing blocks until head is gone
+        store.save(f"shop{n}.example", "t1", state)
+    store.close()
+    listing = subprocess.Popen(
+        [sys.executable, "-m", "scrapy_llm_extract.rules", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert listing.stdout.readline().startswith(b"Learned rules per site")
+    listing.stdout.close()  # what "| head -1" does
+    assert listing.wait(timeout=60) == 0
+    assert b"Traceback" not in listing.stderr.read()
+
+
 # Sharing through the spool's object store (an s3:// spool).
 
 

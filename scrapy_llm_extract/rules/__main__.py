@@ -9,6 +9,7 @@ marked ``*`` (``?`` while suspect). RULES_DIR defaults to
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         print(LEGEND)
         for site, template, state in store.templates():
             print("\n".join(describe(site, template, state)))
+        sys.stdout.flush()
+    except BrokenPipeError:  # read through "| head" or a pager quit early: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         store.close()
     return 0
