@@ -374,6 +374,7 @@ async def test_a_raising_pipeline_fails_the_row_apart_and_retry_failed_replays_i
     third = await collect(conf, retry_failed=True)  # the pipeline is fixed
     assert stat(third, "rows/extracted") == 1
     assert ledger(third)["delivered"] == 6
+    assert failures(run) == []  # it said the delivered row had failed
     assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls(range(6))
 
 

@@ -47,6 +47,7 @@ from ..manifest import (
     SUBMITTED,
     SUBMITTING,
     utc_now,
+    write_atomic,
 )
 from ..models import add_costs, cost_usd, format_usd, model_info, retarget, rounded_usd
 from ..prompt import ExtractionRequest, dump_json
@@ -469,6 +470,7 @@ class Collector:
             self._inc("rows/redelivered", reset)
         self._settle_unsettled_resubmissions(run, ledger)
         if self.options.retry_failed and ledger.forget_item_errors():
+            self._forget_retried_failures(run)
             for entry in run.manifest.files.values():
                 if entry["status"] == COLLECTED and entry.get("batch_id"):
                     entry["status"] = SUBMITTED
@@ -483,6 +485,18 @@ class Collector:
             if ledger.state(record["custom_id"]) != FAILED:
                 self._fail(run, ledger, record, NEVER_SPOOLED)
         return ledger
+
+    def _forget_retried_failures(self, run: Run) -> None:
+        """failures.jsonl lists the rows failed for good: those --retry-failed takes back leave
+        it (one that fails again is written again). After the ledger, so a kill between the
+        two leaves a row listed that is pending, never a failed row unlisted."""
+        path = run.path / FAILURES_NAME
+        kept = [
+            line
+            for line in path.read_bytes().splitlines(keepends=True)
+            if _failure_kind(line) != PIPELINE_ERROR
+        ]
+        write_atomic(path, b"".join(kept))
 
     def _settle_unsettled_resubmissions(self, run: Run, ledger: Ledger) -> None:
         """Rows a killed collector wrote to a resubmission file but never settled in their
@@ -972,6 +986,13 @@ class Collector:
             self.progress.show(self._progress_text, force=True)
         else:
             logger.info("%s; next poll in %g s", self._progress_text(), self.options.poll_interval)
+
+
+def _failure_kind(line: bytes) -> str | None:
+    try:
+        return str(json.loads(line).get("kind"))
+    except (ValueError, AttributeError):  # a line a kill cut: kept as it is
+        return None
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
