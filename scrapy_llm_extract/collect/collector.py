@@ -491,6 +491,8 @@ class Collector:
         it (one that fails again is written again). After the ledger, so a kill between the
         two leaves a row listed that is pending, never a failed row unlisted."""
         path = run.path / FAILURES_NAME
+        if not path.exists():  # deleted by hand: nothing to take back
+            return
         kept = [
             line
             for line in path.read_bytes().splitlines(keepends=True)
