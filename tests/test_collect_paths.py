@@ -665,6 +665,59 @@ def test_run_collects_only_that_run(tmp_path, emulator):
     assert len(remote_batches(emulator.path)) == 1
 
 
+BUGGY_PIPELINE = """
+import os
+
+from itemadapter import ItemAdapter
+
+
+class Buggy:
+    def process_item(self, item):
+        if ItemAdapter(item)["url"] == os.environ.get("BUGGY_URL"):
+            raise RuntimeError("bug in the project's pipeline")
+        return item
+"""
+
+KILLED_AFTER_FORGETTING = """
+import os, signal
+from scrapy.cmdline import execute
+from scrapy_llm_extract.collect.ledger import Ledger
+
+forget = Ledger.forget_item_errors
+
+def forget_then_die(self):
+    forget(self)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+Ledger.forget_item_errors = forget_then_die
+execute(["scrapy", "collect-batches", "--retry-failed", "-O", "items.jsonl"])
+"""
+
+
+def test_retry_failed_killed_half_way_is_taken_up_by_the_next_retry_failed(tmp_path, emulator):
+    """Killed after the ledger forgot the pipeline's failures, before the run was reopened:
+    the rows were pending in a run marked collected, which no later pass looked at again."""
+    project = Project.create(
+        tmp_path,
+        LLM_EXTRACT_EMULATOR_DIR=str(emulator.path),
+        ITEM_PIPELINES={"scrapy_llm_extract.LLMExtractPipeline": 100, "buggy.Buggy": 150},
+    )
+    (project.path / "buggy.py").write_text(BUGGY_PIPELINE)
+    run = project.spool([product(n) for n in range(3)])
+    first = project.collect(BUGGY_URL="http://shop.test/product/2")
+    assert first.returncode == 1, first.stderr
+    assert manifest(run)["collected_at"]
+
+    killed = project.python("-c", KILLED_AFTER_FORGETTING)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+    retried = project.collect("--retry-failed")
+    assert retried.returncode == 0, retried.stderr
+    assert delivered(project) == urls([2])
+    assert failures(run) == []
+    assert manifest(run)["collected_at"]
+
+
 # A result line across download slices -----------------------------------------------------------
 
 

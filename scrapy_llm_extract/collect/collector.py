@@ -469,13 +469,17 @@ class Collector:
             )
             self._inc("rows/redelivered", reset)
         self._settle_unsettled_resubmissions(run, ledger)
-        if self.options.retry_failed and ledger.forget_item_errors():
-            self._forget_retried_failures(run)
+        if self.options.retry_failed and ledger.item_errors():
+            # The run is reopened first: a kill before the ledger forgets leaves a run that
+            # the next pass settles again, never pending rows in a run marked collected.
             for entry in run.manifest.files.values():
                 if entry["status"] == COLLECTED and entry.get("batch_id"):
                     entry["status"] = SUBMITTED
             run.manifest.data["collected_at"] = None
             run.manifest.save()
+            ledger.forget_item_errors()
+        if self.options.retry_failed:
+            self._forget_retried_failures(run, ledger)
         if run.manifest.data.get("collected_at"):
             ledger.close()
             return None
@@ -486,19 +490,17 @@ class Collector:
                 self._fail(run, ledger, record, NEVER_SPOOLED)
         return ledger
 
-    def _forget_retried_failures(self, run: Run) -> None:
-        """failures.jsonl lists the rows failed for good: those --retry-failed takes back leave
-        it (one that fails again is written again). After the ledger, so a kill between the
-        two leaves a row listed that is pending, never a failed row unlisted."""
+    def _forget_retried_failures(self, run: Run, ledger: Ledger) -> None:
+        """failures.jsonl lists the rows failed for good: the pipeline failures --retry-failed
+        took back leave it (one that fails again is written again). Read from the ledger, so
+        a retry killed before this is tidied by the next one."""
         path = run.path / FAILURES_NAME
         if not path.exists():  # deleted by hand: nothing to take back
             return
-        kept = [
-            line
-            for line in path.read_bytes().splitlines(keepends=True)
-            if _failure_kind(line) != PIPELINE_ERROR
-        ]
-        write_atomic(path, b"".join(kept))
+        lines = path.read_bytes().splitlines(keepends=True)
+        kept = [line for line in lines if not _taken_back(line, ledger)]
+        if len(kept) < len(lines):
+            write_atomic(path, b"".join(kept))
 
     def _settle_unsettled_resubmissions(self, run: Run, ledger: Ledger) -> None:
         """Rows a killed collector wrote to a resubmission file but never settled in their
@@ -990,11 +992,15 @@ class Collector:
             logger.info("%s; next poll in %g s", self._progress_text(), self.options.poll_interval)
 
 
-def _failure_kind(line: bytes) -> str | None:
+def _taken_back(line: bytes, ledger: Ledger) -> bool:
+    """A pipeline failure of failures.jsonl whose row the ledger no longer counts failed."""
     try:
-        return str(json.loads(line).get("kind"))
+        failure = json.loads(line)
+        if failure.get("kind") != PIPELINE_ERROR:
+            return False
     except (ValueError, AttributeError):  # a line a kill cut: kept as it is
-        return None
+        return False
+    return ledger.state(str(failure.get("custom_id"))) != ITEM_ERROR
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
