@@ -428,16 +428,17 @@ async def test_a_torn_missing_or_misshapen_result_row_is_resubmitted_and_never_s
     )
 
 
+@pytest.mark.parametrize("deleted", ["items-0001.jsonl", "requests-0001.jsonl"])
 @deferred_f_from_coro_f
-async def test_a_held_back_items_file_deleted_by_hand_is_stuck_and_its_results_kept(
-    tmp_path, emulator, caplog
+async def test_a_spool_file_deleted_by_hand_is_stuck_and_its_results_kept(
+    tmp_path, emulator, caplog, deleted
 ):
     """It was read as empty: the run was marked collected, its results deleted from the API,
     and its rows stayed pending for ever, with exit 0 and nothing in the log."""
     conf = settings(tmp_path, emulator)
     run = spool(conf, [product(n) for n in range(3)])
     await submitted_output(conf, run)
-    items = run.path / "items-0001.jsonl"
+    items = run.path / deleted
     kept = items.read_bytes()
     items.unlink()
 
@@ -446,7 +447,7 @@ async def test_a_held_back_items_file_deleted_by_hand_is_stuck_and_its_results_k
     assert crawler.spider.collector.exit_code == 1
     assert stat(crawler, "stuck") == 1 and stat(crawler, "ledger/pending") == 3
     assert not Run.open(run.path).manifest.data.get("collected_at")
-    assert f"{items} is gone (the items of its 3 row(s)): put it back" in caplog.text
+    assert f"{items} is gone (it holds 3 row(s) of the run): put it back" in caplog.text
 
     items.write_bytes(kept)
     again = await collect(conf)

@@ -651,12 +651,16 @@ class Collector:
     async def _join(self, run: Run, ledger: Ledger, name: str, batch: Any) -> AsyncIterator[Any]:
         """Join one final batch (None: refused too often) with its sidecar; settle every row."""
         entry = run.manifest.files[name]
+        # Read as empty, a file deleted by hand would settle nothing (items) or leave its
+        # retried and real-time rows pending in a run marked collected (requests).
         held = run.path / sidecar_name(name)
-        if entry.get("rows") and not held.exists():  # read as empty, its rows would be lost
-            raise FileNotFoundError(
-                f"{held} is gone (the items of its {entry['rows']} row(s)): put it back, then"
-                " run collect-batches again; the results stay on the API until then"
-            )
+        for needed, found in ((held, held), (run.path / name, run.requests_path(name))):
+            if entry.get("rows") and not found.exists():
+                raise FileNotFoundError(
+                    f"{needed} is gone (it holds {entry['rows']} row(s) of the run): put it"
+                    " back, then run collect-batches again; the results stay on the API until"
+                    " then"
+                )
         summary = self.summaries[run.run_id]
         deadline_cancelled = bool(entry.get("deadline_cancelled"))
         user_cancelled = bool(entry.get("user_cancelled"))
