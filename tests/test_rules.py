@@ -109,6 +109,28 @@ def test_a_price_only_the_sites_convention_reads_is_left_to_the_model():
     assert typed("1.299 €", {"type": "number"}) is typed("1,299", {"type": "number"}) is MISSING
 
 
+def test_a_counter_showing_1_is_no_rule_for_a_boolean_field():
+    """A cart counter "1" in the header agreed with every True answer (True == 1.0), was
+    promoted, could not be typed as a boolean, and sent every page of the template to the
+    model for ever."""
+
+    def shop(n):
+        body = f'<main id="c"><h1>Ding {n}</h1><p class="stock">true</p></main>'
+        return (
+            f'<html><body><header id="top"><b class="cart-count">1</b></header>{body}</body></html>'
+        )
+
+    schema = {"properties": {"title": {"type": "string"}, "in_stock": {"type": "boolean"}}}
+    rules = book(min_pages=3)
+    for n in range(3):
+        rules.learn(rules.view(shop(n), URL.format(n=n)), {"title": f"Ding {n}", "in_stock": True})
+    result = rules.answer(rules.view(shop(60), URL), schema)
+    assert result.reason == ANSWERED
+    assert result.fields["in_stock"] is True
+    assert result.sources["in_stock"] == ["css:p.stock"]
+    assert canonical(True) != canonical("1") and canonical(False) != canonical(0)
+
+
 def test_shape_separates_lengths_digits_and_currency():
     assert shape(12.5) == shape("19,99 €") != shape(1299.0)
     assert shape("Penguin") != shape("Penguin 2024") != shape("£ Penguin 2024")

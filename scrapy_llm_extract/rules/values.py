@@ -77,8 +77,8 @@ def canonical(value: Any) -> Any:
     """The comparison key of a value: numbers as floats, text folded, empty as None."""
     if value is None or value is MISSING:
         return value
-    if isinstance(value, bool):
-        return value
+    if isinstance(value, bool):  # as text: True == 1.0 made any "1" on a page agree with True
+        return "true" if value else "false"
     if isinstance(value, int | float):
         return round(float(value), 6)
     text = clean_text(str(value))
@@ -133,8 +133,10 @@ def _in_enum(text: str, schema: Mapping[str, Any]) -> Any:
 
 def shape(value: Any) -> str:
     """A coarse profile: the kind, the order of magnitude of its length, digits, currency."""
+    if value is None or isinstance(value, bool):
+        return repr(value)
     key = canonical(value)
-    if key is None or isinstance(key, bool):
+    if key is None:
         return repr(key)
     if isinstance(key, float):
         return f"number:{len(str(int(abs(key))))}"
