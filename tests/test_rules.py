@@ -429,6 +429,38 @@ def test_collection_learns_a_batch_answer_through_the_gate(tmp_path):
     assert other["extracted_by"] == dict.fromkeys(answer(1), "model")
 
 
+def test_an_item_class_without_the_source_info_field_is_named_once_and_counted(tmp_path, caplog):
+    import scrapy
+    from itemadapter import ItemAdapter
+
+    from scrapy_llm_extract.rules.book import Verdict
+    from scrapy_llm_extract.rules.gate import RulesGate
+    from tests.helpers import make_config
+
+    class Book(scrapy.Item):
+        title = scrapy.Field()
+
+    config = make_config(
+        LLM_EXTRACT_RULES=True,
+        LLM_EXTRACT_RULES_DIR=str(tmp_path),
+        LLM_EXTRACT_SOURCE_INFO_FIELD="extracted_by",
+    )
+    stats = Stats()
+    gate = RulesGate(config, stats)
+    for n in range(2):
+        verdict = Verdict(gate.book.view(page(n), URL.format(n=n)), UNKNOWN)
+        gate.learn(ItemAdapter(Book(title="x")), verdict, answer(n))
+    gate.close()
+    assert stats.values["llm_extract/rules/source_info_unset"] == 2
+    warned = [
+        r.getMessage() for r in caplog.records if "LLM_EXTRACT_SOURCE_INFO_FIELD" in r.getMessage()
+    ]
+    assert warned == [
+        "Book has no field 'extracted_by' (LLM_EXTRACT_SOURCE_INFO_FIELD): add it to the item"
+        " class to see which values came from rules (llm_extract/rules/source_info_unset)."
+    ]
+
+
 def test_the_rules_are_listed_per_site_with_their_counts(tmp_path, capsys):
     from scrapy_llm_extract.rules.__main__ import main
 
