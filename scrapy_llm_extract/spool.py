@@ -448,8 +448,11 @@ class Run:
         self.unlock()
 
 
-def list_runs(root: Path) -> list[Run]:
-    """Every run under ``root`` with a manifest, oldest first (no lock taken)."""
+def list_runs(root: Path, unreadable: list[tuple[Path, str]] | None = None) -> list[Run]:
+    """Every run under ``root`` with a manifest, oldest first (no lock taken).
+
+    A run whose manifest cannot be read is skipped, with a warning, or added to
+    ``unreadable`` (folder, reason) for a caller that reports it its own way."""
     runs: list[Run] = []
     if not root.is_dir():
         return runs
@@ -459,7 +462,10 @@ def list_runs(root: Path) -> list[Run]:
         try:
             runs.append(Run.open(path))
         except (OSError, ValueError) as exc:
-            logger.warning("Skipping spool run %s: unreadable manifest (%s)", path, exc)
+            if unreadable is None:
+                logger.warning("Skipping spool run %s: unreadable manifest (%s)", path, exc)
+            else:
+                unreadable.append((path, str(exc)))
     return runs
 
 

@@ -212,7 +212,7 @@ async def test_cancelled_batches_fail_for_good(tmp_path, emulator):
     conf = settings(tmp_path, emulator)
     run = spool(conf, [product(n) for n in range(3)])
     await collect(conf)  # submits
-    assert cancel_batches(Settings(conf), CollectOptions()) == 1
+    assert cancel_batches(Settings(conf), CollectOptions()) == (1, 0)
     crawler = await collect(conf)
     assert stat(crawler, "rows/failed") == 3
     assert [row["kind"] for row in failures(run)] == ["batch_cancelled"] * 3
@@ -374,6 +374,7 @@ async def test_a_raising_pipeline_fails_the_row_apart_and_retry_failed_replays_i
     third = await collect(conf, retry_failed=True)  # the pipeline is fixed
     assert stat(third, "rows/extracted") == 1
     assert ledger(third)["delivered"] == 6
+    assert failures(run) == []  # it said the delivered row had failed
     assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls(range(6))
 
 
@@ -394,30 +395,88 @@ async def test_closespider_itemcount_stops_the_replay_and_the_rest_stays_pending
     assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls(range(40))
 
 
-@pytest.mark.parametrize("fault", ["torn", "missing"])
+@pytest.mark.parametrize("fault", ["torn", "missing", "misshapen"])
 @deferred_f_from_coro_f
-async def test_a_torn_or_missing_result_row_is_resubmitted_and_never_stops_collection(
+async def test_a_torn_missing_or_misshapen_result_row_is_resubmitted_and_never_stops_collection(
     tmp_path, emulator, fault, spool_backend
 ):
+    """A misshapen row is JSON but not an output row (a proxy's error text as its body): it
+    used to raise in the join and stop the file at that row on every pass."""
     conf = settings(tmp_path, emulator, **spool_backend)
     torn_run = spool(conf, [product(n) for n in range(6)])
     output = await submitted_output(conf, torn_run)
     lines = output.read_bytes().split(b"\n")
     if fault == "torn":
         lines[2] = lines[2][: len(lines[2]) // 2]  # torn mid-file
+    elif fault == "misshapen":
+        row = json.loads(lines[2])
+        row["response"]["body"] = "502 Bad Gateway"
+        lines[2] = json.dumps(row).encode()
     else:
         del lines[2]
     output.write_bytes(b"\n".join(lines))
     other_run = spool(conf, [product(n) for n in range(10, 13)])
 
     first = await collect(conf)
-    assert stat(first, "results/unreadable") == (1 if fault == "torn" else None)
+    assert stat(first, "results/unreadable") == (None if fault == "missing" else 1)
     assert stat(first, "rows/retried") == 1
     assert stored_run(conf, other_run).manifest.data["collected_at"]
     assert failures(stored_run(conf, torn_run)) == []
     await collect(conf)
     assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls(
         [*range(6), 10, 11, 12]
+    )
+
+
+@pytest.mark.parametrize("deleted", ["items-0001.jsonl", "requests-0001.jsonl"])
+@deferred_f_from_coro_f
+async def test_a_spool_file_deleted_by_hand_is_stuck_and_its_results_kept(
+    tmp_path, emulator, caplog, deleted
+):
+    """It was read as empty: the run was marked collected, its results deleted from the API,
+    and its rows stayed pending for ever, with exit 0 and nothing in the log."""
+    conf = settings(tmp_path, emulator)
+    run = spool(conf, [product(n) for n in range(3)])
+    await submitted_output(conf, run)
+    items = run.path / deleted
+    kept = items.read_bytes()
+    items.unlink()
+
+    with caplog.at_level(logging.INFO, logger="scrapy_llm_extract"):
+        crawler = await collect(conf)
+    assert crawler.spider.collector.exit_code == 1
+    assert stat(crawler, "stuck") == 1 and stat(crawler, "ledger/pending") == 3
+    assert not Run.open(run.path).manifest.data.get("collected_at")
+    assert f"{items} is gone (it holds 3 row(s) of the run): put it back" in caplog.text
+
+    items.write_bytes(kept)
+    again = await collect(conf)
+    assert again.spider.collector.exit_code == 0
+    assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls(range(3))
+
+
+@deferred_f_from_coro_f
+async def test_a_run_whose_manifest_is_unreadable_is_stuck_not_skipped(tmp_path, emulator, caplog):
+    """It was skipped with a warning: exit 0, and its rows counted nowhere."""
+    conf = settings(tmp_path, emulator)
+    broken = spool(conf, [product(n) for n in range(3)])
+    spool(conf, [product(n) for n in range(10, 13)])
+    manifest = broken.path / "manifest.json"
+    kept = manifest.read_bytes()
+    manifest.write_bytes(kept[: len(kept) // 2])
+
+    with caplog.at_level(logging.INFO, logger="scrapy_llm_extract"):
+        crawler = await collect(conf)
+    assert crawler.spider.collector.exit_code == 1
+    assert stat(crawler, "stuck") == 1
+    assert f"Stuck: run {broken.run_id}: its manifest.json cannot be read (" in caplog.text
+    assert "put back a readable copy" in caplog.text
+
+    manifest.write_bytes(kept)
+    again = await collect(conf)
+    assert again.spider.collector.exit_code == 0
+    assert sorted(item["url"] for item in feed(tmp_path / "out.jsonl")) == urls(
+        [0, 1, 2, 10, 11, 12]
     )
 
 

@@ -243,6 +243,20 @@ def test_an_escalation_model_chat_completions_cannot_reach_is_a_usage_error(tmp_
     assert "--escalate-model: gpt-5-pro is served by OpenAI's Responses API only" in err
 
 
+def test_not_a_number_is_refused_as_a_deadline_or_poll_interval(tmp_path, emulator):
+    """ "nan" was taken: --deadline nan never cancelled anything, --poll-interval nan crashed
+    the wait loop after the first pass."""
+    project, _ = make_project(tmp_path, emulator)
+    for option, value, message in (
+        ("--deadline", "nan", "--deadline must be a number of hours"),
+        ("--poll-interval", "nan", "--poll-interval must be a positive number"),
+        ("--poll-interval", "inf", "--poll-interval must be a positive number"),
+    ):
+        code, _, err = finish(scrapy(project, "collect-batches", "--wait", option, value))
+        assert code == 2, err
+        assert message in err
+
+
 def test_help_offers_no_spider_arguments(tmp_path, emulator):
     project, _ = make_project(tmp_path, emulator)
     code, out, err = finish(scrapy(project, "collect-batches", "-h"))

@@ -142,7 +142,8 @@ class ApiFront:
     - ``refuse_key_on``: answer this ``(method, path)`` with OpenAI's 401, which quotes the
       key of the request's Authorization header (whole, and masked as OpenAI masks it);
     - ``refuse_create``: answer every ``POST /v1/batches`` with OpenAI's 400 (the creation
-      refused, as for a metadata value the API rejects).
+      refused, as for a metadata value the API rejects);
+    - ``refuse_cancel``: answer ``POST /v1/batches/{id}/cancel`` of this batch with a 400.
     """
 
     state_dir: Path
@@ -150,6 +151,7 @@ class ApiFront:
     create_answers_current: bool = False
     refuse_key_on: tuple[str, str] | None = None
     refuse_create: bool = False
+    refuse_cancel: str | None = None
     requests: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -197,6 +199,9 @@ class ApiFront:
             "POST",
             "/v1/batches",
         ):
+            error = {"error": {"message": "Emulated refusal", "type": "invalid_request_error"}}
+            return 400, {"content-type": "application/json"}, json.dumps(error).encode()
+        if (request.method, request.path) == ("POST", f"/v1/batches/{self.refuse_cancel}/cancel"):
             error = {"error": {"message": "Emulated refusal", "type": "invalid_request_error"}}
             return 400, {"content-type": "application/json"}, json.dumps(error).encode()
         if (request.method, request.path.rstrip("/")) == self.refuse_key_on:
@@ -620,6 +625,33 @@ def test_cancel_with_run_cancels_that_runs_batches_whose_rows_then_fail(tmp_path
     assert [entry["status"] for entry in manifest(second)["files"].values()] == ["submitted"]
 
 
+def test_a_cancel_that_cannot_go_through_exits_1_and_keeps_the_cancels_that_did(tmp_path, emulator):
+    """A refused cancel raised out of the command: the cancels before it in the same run were
+    never recorded, so collection resubmitted the rows the user had cancelled. A run another
+    process held was skipped with a warning and exit 0."""
+    emulator.configure(in_progress_seconds=3600)
+    with ApiFront(emulator.path) as front:
+        project = fronted_project(tmp_path, front, LLM_EXTRACT_BATCH_MAX_REQUESTS=2)
+        run = project.spool([product(n) for n in range(4)])  # two files
+        held = project.spool([product(n) for n in range(10, 12)])
+        project.collect()  # submits the three files
+        first, second = (entry["batch_id"] for entry in manifest(run)["files"].values())
+        front.refuse_cancel = second
+        Run.open(held.path).try_lock()  # another process holds it
+
+        refused = project.scrapy("collect-batches", "--cancel")
+        assert refused.returncode == 1, refused.stderr
+        assert f"Not cancelling run {held.run_id}: another process" in refused.stderr
+        assert f"Could not cancel batch {second} (requests-0002.jsonl of {run.run_id})" in (
+            refused.stderr
+        )
+        assert "Traceback" not in refused.stderr
+        files = manifest(run)["files"]
+        assert files["requests-0001.jsonl"].get("user_cancelled")
+        assert not files["requests-0002.jsonl"].get("user_cancelled")
+        assert {b.id: b.status for b in remote_batches(emulator.path)}[first] == "cancelled"
+
+
 def test_run_collects_only_that_run(tmp_path, emulator):
     project = Project.create(tmp_path, LLM_EXTRACT_EMULATOR_DIR=str(emulator.path))
     first = project.spool([product(n) for n in range(3)])
@@ -631,6 +663,59 @@ def test_run_collects_only_that_run(tmp_path, emulator):
     assert not manifest(first).get("collected_at")
     assert [entry["status"] for entry in manifest(first)["files"].values()] == ["pending"]
     assert len(remote_batches(emulator.path)) == 1
+
+
+BUGGY_PIPELINE = """
+import os
+
+from itemadapter import ItemAdapter
+
+
+class Buggy:
+    def process_item(self, item):
+        if ItemAdapter(item)["url"] == os.environ.get("BUGGY_URL"):
+            raise RuntimeError("bug in the project's pipeline")
+        return item
+"""
+
+KILLED_AFTER_FORGETTING = """
+import os, signal
+from scrapy.cmdline import execute
+from scrapy_llm_extract.collect.ledger import Ledger
+
+forget = Ledger.forget_item_errors
+
+def forget_then_die(self):
+    forget(self)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+Ledger.forget_item_errors = forget_then_die
+execute(["scrapy", "collect-batches", "--retry-failed", "-O", "items.jsonl"])
+"""
+
+
+def test_retry_failed_killed_half_way_is_taken_up_by_the_next_retry_failed(tmp_path, emulator):
+    """Killed after the ledger forgot the pipeline's failures, before the run was reopened:
+    the rows were pending in a run marked collected, which no later pass looked at again."""
+    project = Project.create(
+        tmp_path,
+        LLM_EXTRACT_EMULATOR_DIR=str(emulator.path),
+        ITEM_PIPELINES={"scrapy_llm_extract.LLMExtractPipeline": 100, "buggy.Buggy": 150},
+    )
+    (project.path / "buggy.py").write_text(BUGGY_PIPELINE)
+    run = project.spool([product(n) for n in range(3)])
+    first = project.collect(BUGGY_URL="http://shop.test/product/2")
+    assert first.returncode == 1, first.stderr
+    assert manifest(run)["collected_at"]
+
+    killed = project.python("-c", KILLED_AFTER_FORGETTING)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+    retried = project.collect("--retry-failed")
+    assert retried.returncode == 0, retried.stderr
+    assert delivered(project) == urls([2])
+    assert failures(run) == []
+    assert manifest(run)["collected_at"]
 
 
 # A result line across download slices -----------------------------------------------------------

@@ -17,7 +17,7 @@ from scrapy_llm_extract.rules.book import (
     UNKNOWN,
 )
 from scrapy_llm_extract.rules.kinds import observe, stable_name
-from scrapy_llm_extract.rules.values import canonical, shape, typed
+from scrapy_llm_extract.rules.values import MISSING, canonical, shape, typed
 
 SCHEMA = {
     "type": "object",
@@ -85,6 +85,52 @@ def test_text_compares_without_case_or_spacing_and_codes_stay_text():
     assert typed(None, {"type": ["number", "null"]}) is None
 
 
+def test_a_price_only_the_sites_convention_reads_is_left_to_the_model():
+    """A Berlin shop writes 9,99 € and 1.299 €: a rule learned on the first must not answer
+    1.299 for the second (it did, on every such page)."""
+
+    def german(n, price):
+        text = (
+            f"{price:.2f}".replace(".", ",") if price < 1000 else f"{price:,.0f}".replace(",", ".")
+        )
+        body = f'<main id="c"><h1>Ding {n}</h1><p class="price">{text} €</p></main>'
+        return f"<html><body>{body}</body></html>"
+
+    rules = book(min_pages=3)
+    prices = [9.99, 49.5, 1299.0, 12.0, 2999.0, 5.49, 19.99, 7.0]
+    for n, price in enumerate(prices):
+        rules.learn(
+            rules.view(german(n, price), URL.format(n=n)), {"title": f"Ding {n}", "price": price}
+        )
+    schema = {"properties": {k: SCHEMA["properties"][k] for k in ("title", "price")}}
+    assert rules.answer(rules.view(german(60, 1499.0), URL), schema).reason == ALARM_SHAPE
+    assert rules.answer(rules.view(german(61, 14.99), URL), schema).fields["price"] == 14.99
+    assert canonical("1.299 €") == canonical("1,299") == 1299.0
+    assert typed("1.299 €", {"type": "number"}) is typed("1,299", {"type": "number"}) is MISSING
+
+
+def test_a_counter_showing_1_is_no_rule_for_a_boolean_field():
+    """A cart counter "1" in the header agreed with every True answer (True == 1.0), was
+    promoted, could not be typed as a boolean, and sent every page of the template to the
+    model for ever."""
+
+    def shop(n):
+        body = f'<main id="c"><h1>Ding {n}</h1><p class="stock">true</p></main>'
+        return (
+            f'<html><body><header id="top"><b class="cart-count">1</b></header>{body}</body></html>'
+        )
+
+    schema = {"properties": {"title": {"type": "string"}, "in_stock": {"type": "boolean"}}}
+    rules = book(min_pages=3)
+    for n in range(3):
+        rules.learn(rules.view(shop(n), URL.format(n=n)), {"title": f"Ding {n}", "in_stock": True})
+    result = rules.answer(rules.view(shop(60), URL), schema)
+    assert result.reason == ANSWERED
+    assert result.fields["in_stock"] is True
+    assert result.sources["in_stock"] == ["css:p.stock"]
+    assert canonical(True) != canonical("1") and canonical(False) != canonical(0)
+
+
 def test_shape_separates_lengths_digits_and_currency():
     assert shape(12.5) == shape("19,99 €") != shape(1299.0)
     assert shape("Penguin") != shape("Penguin 2024") != shape("£ Penguin 2024")
@@ -145,7 +191,7 @@ def test_a_rule_is_promoted_after_min_pages_answers_in_a_row():
 
 
 def test_a_candidate_the_model_contradicts_starts_over_and_a_stale_copy_cannot_revive_it():
-    from scrapy_llm_extract.rules.shared import merge_template
+    from scrapy_llm_extract.rules.store import merge_template
 
     rules = book(min_pages=3)
     teach(rules, range(2))
@@ -199,6 +245,24 @@ def test_a_field_the_model_answers_null_is_learned_as_absent():
     assert verdict(rules, page(51), 51).fields["publisher"] is None  # learned: never stated
     rules.learn(rules.view(page(51), URL.format(n=51)), answer(51))
     assert verdict(rules, page(52), 52).reason == UNKNOWN  # suspect until the next answer
+
+
+def test_a_field_only_some_pages_state_is_never_answered_null_where_it_is_stated():
+    """A publisher (a sale price) some pages show: once the model read it, a page showing it
+    goes to the model even after a null answer reinstated the suspect ``absent`` rule."""
+    rules = book(min_pages=3)
+    for n in range(3):
+        rules.learn(
+            rules.view(page(n, publisher=False), URL.format(n=n)), answer(n, publisher=False)
+        )
+    rules.learn(rules.view(page(3), URL.format(n=3)), answer(3))  # absent: suspect
+    rules.learn(
+        rules.view(page(4, publisher=False), URL.format(n=4)), answer(4, publisher=False)
+    )  # absent reinstated by a null answer; "label:publisher" agreed twice
+    stated = verdict(rules, page(52), 52)
+    assert (stated.reason, stated.alarm_field) == (ALARM_DISAGREE, "publisher")
+    unstated = verdict(rules, page(53, publisher=False), 53)
+    assert unstated.reason == ANSWERED and unstated.fields["publisher"] is None
 
 
 # Audit and retirement.
@@ -256,6 +320,27 @@ def test_rules_persist_across_rule_books(tmp_path):
     second.close()
 
 
+def test_a_retirement_by_another_process_on_the_same_folder_is_never_undone(tmp_path):
+    """A crawl and a cron collector learn in one rules dir: the crawl's next save used to
+    write its stale copy over the collector's retirement, and the retired rule answered."""
+    crawl, collector = book(tmp_path, min_pages=3), book(tmp_path, min_pages=3)
+    teach(crawl, range(3))
+    assert "css:span.price" in verdict(crawl, page(60), 60).sources["price"]
+
+    def drifted(n):  # span.price now shows the list price; the model reads the sale price
+        return page(n, price=10 + n + 5, ld_price=10 + n)
+
+    for n in (10, 11):  # the collector's batch answers contradict span.price twice
+        collector.learn(collector.view(drifted(n), URL.format(n=n)), answer(n))
+    crawl.learn(crawl.view(page(12), URL.format(n=12)), answer(12))  # the crawl learns on
+
+    for rules in (crawl, book(tmp_path, min_pages=3)):
+        result = verdict(rules, drifted(61), 61)
+        assert result.reason == ANSWERED
+        assert result.sources["price"] == ["jsonld:Book.offers.price"]
+        assert result.fields["price"] == answer(61)["price"]
+
+
 def test_a_batch_answer_is_learned_from_the_page_its_row_kept(tmp_path):
     """The page travels with its spool row (as JSON), so a collector with another rules dir,
     on another machine, learns from it; a row delivered again is learned once."""
@@ -289,6 +374,13 @@ def test_rules_settings_are_validated_and_an_unusable_folder_is_named(tmp_path):
     config = make_config(LLM_EXTRACT_RULES=True, LLM_EXTRACT_RULES_DIR=str(blocked))
     with pytest.raises(ConfigError, match=f"LLM_EXTRACT_RULES_DIR {blocked} cannot hold"):
         RulesGate(config, stats=None)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "rules.sqlite3").write_bytes(b"\x00garbage" * 600)
+    config = make_config(LLM_EXTRACT_RULES=True, LLM_EXTRACT_RULES_DIR=str(damaged))
+    with pytest.raises(ConfigError, match=r"file is not a database.*move the damaged") as refused:
+        RulesGate(config, stats=None)
+    assert "writable folder" not in str(refused.value)  # it is writable: the file is damaged
 
 
 class Stats:
@@ -337,6 +429,38 @@ def test_collection_learns_a_batch_answer_through_the_gate(tmp_path):
     assert other["extracted_by"] == dict.fromkeys(answer(1), "model")
 
 
+def test_an_item_class_without_the_source_info_field_is_named_once_and_counted(tmp_path, caplog):
+    import scrapy
+    from itemadapter import ItemAdapter
+
+    from scrapy_llm_extract.rules.book import Verdict
+    from scrapy_llm_extract.rules.gate import RulesGate
+    from tests.helpers import make_config
+
+    class Book(scrapy.Item):
+        title = scrapy.Field()
+
+    config = make_config(
+        LLM_EXTRACT_RULES=True,
+        LLM_EXTRACT_RULES_DIR=str(tmp_path),
+        LLM_EXTRACT_SOURCE_INFO_FIELD="extracted_by",
+    )
+    stats = Stats()
+    gate = RulesGate(config, stats)
+    for n in range(2):
+        verdict = Verdict(gate.book.view(page(n), URL.format(n=n)), UNKNOWN)
+        gate.learn(ItemAdapter(Book(title="x")), verdict, answer(n))
+    gate.close()
+    assert stats.values["llm_extract/rules/source_info_unset"] == 2
+    warned = [
+        r.getMessage() for r in caplog.records if "LLM_EXTRACT_SOURCE_INFO_FIELD" in r.getMessage()
+    ]
+    assert warned == [
+        "Book has no field 'extracted_by' (LLM_EXTRACT_SOURCE_INFO_FIELD): add it to the item"
+        " class to see which values came from rules (llm_extract/rules/source_info_unset)."
+    ]
+
+
 def test_the_rules_are_listed_per_site_with_their_counts(tmp_path, capsys):
     from scrapy_llm_extract.rules.__main__ import main
 
@@ -348,7 +472,31 @@ def test_the_rules_are_listed_per_site_with_their_counts(tmp_path, capsys):
     assert main([str(tmp_path)]) == 0
     listing = capsys.readouterr().out
     assert "books.example  template" in listing
+    assert "3 page(s) answered by the model, e.g. https://books.example/b/0" in listing
+    assert "* promoted: answers that field" in listing
     assert "* jsonld:Book.offers.price  agreed 3, disagreed 0" in listing
+
+
+def test_the_listing_read_through_head_ends_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    from scrapy_llm_extract.rules.store import RuleState, RuleStore, TemplateState
+
+    store = RuleStore(tmp_path)
+    state = TemplateState(rules={"price": {f"css:span.p{n}": RuleState() for n in range(20)}})
+    for n in range(400):  # far more than a pipe holds: the listing blocks until head is gone
+        store.save(f"shop{n}.example", "t1", state)
+    store.close()
+    listing = subprocess.Popen(
+        [sys.executable, "-m", "scrapy_llm_extract.rules", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert listing.stdout.readline().startswith(b"Learned rules per site")
+    listing.stdout.close()  # what "| head -1" does
+    assert listing.wait(timeout=60) == 0
+    assert b"Traceback" not in listing.stderr.read()
 
 
 # Sharing through the spool's object store (an s3:// spool).

@@ -39,7 +39,16 @@ from ..client import async_client, redact
 from ..config import Config
 from ..extraction import ExtractionSchema, Prepared
 from ..items import merge_extracted, rebuild_item, set_field
-from ..manifest import FILES_TO_DELETE, PENDING, RESUBMITS, SUBMITTED, SUBMITTING, utc_now
+from ..manifest import (
+    FILES_TO_DELETE,
+    MANIFEST_NAME,
+    PENDING,
+    RESUBMITS,
+    SUBMITTED,
+    SUBMITTING,
+    utc_now,
+    write_atomic,
+)
 from ..models import add_costs, cost_usd, format_usd, model_info, retarget, rounded_usd
 from ..prompt import ExtractionRequest, dump_json
 from ..results import (
@@ -54,7 +63,7 @@ from ..results import (
     parse_batch_row,
 )
 from ..rules.gate import RulesGate
-from ..spool import FAILURES_NAME, Run, claim_dead_runs, list_runs, request_line
+from ..spool import FAILURES_NAME, Run, claim_dead_runs, list_runs, request_line, sidecar_name
 from .ledger import (
     DROPPED,
     EMITTED,
@@ -67,6 +76,8 @@ from .ledger import (
 from .polling import Polling, results_ready
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from scrapy.statscollectors import StatsCollector
 
 logger = logging.getLogger("scrapy_llm_extract.collect")
@@ -376,7 +387,8 @@ class Collector:
 
     def _claim_runs(self) -> list[tuple[Run, Ledger]]:
         """The runs to work on, locked; runs locked by a crawl or a collector are skipped."""
-        for run in list_runs(self.config.spool_dir):
+        unreadable: list[tuple[Path, str]] = []
+        for run in list_runs(self.config.spool_dir, unreadable):
             if run.run_id in self._runs or not self._wanted(run):
                 continue
             if not run.try_lock():
@@ -402,6 +414,14 @@ class Collector:
                 run.unlock()
                 continue
             self._runs[run.run_id] = (run, claimed)
+        for path, reason in unreadable:
+            if not self.options.run_id or path.name == self.options.run_id:
+                self._stick_reason(
+                    path.name,
+                    "",
+                    f"its {MANIFEST_NAME} cannot be read ({reason}): put back a readable copy;"
+                    " nothing of the run is collected until then",
+                )
         return [pair for pair in self._runs.values() if not self.summaries[pair[0].run_id].done]
 
     def _refuse_live(self, run: Run) -> None:
@@ -449,12 +469,17 @@ class Collector:
             )
             self._inc("rows/redelivered", reset)
         self._settle_unsettled_resubmissions(run, ledger)
-        if self.options.retry_failed and ledger.forget_item_errors():
+        if self.options.retry_failed and ledger.item_errors():
+            # The run is reopened first: a kill before the ledger forgets leaves a run that
+            # the next pass settles again, never pending rows in a run marked collected.
             for entry in run.manifest.files.values():
                 if entry["status"] == COLLECTED and entry.get("batch_id"):
                     entry["status"] = SUBMITTED
             run.manifest.data["collected_at"] = None
             run.manifest.save()
+            ledger.forget_item_errors()
+        if self.options.retry_failed:
+            self._forget_retried_failures(run, ledger)
         if run.manifest.data.get("collected_at"):
             ledger.close()
             return None
@@ -464,6 +489,18 @@ class Collector:
             if ledger.state(record["custom_id"]) != FAILED:
                 self._fail(run, ledger, record, NEVER_SPOOLED)
         return ledger
+
+    def _forget_retried_failures(self, run: Run, ledger: Ledger) -> None:
+        """failures.jsonl lists the rows failed for good: the pipeline failures --retry-failed
+        took back leave it (one that fails again is written again). Read from the ledger, so
+        a retry killed before this is tidied by the next one."""
+        path = run.path / FAILURES_NAME
+        if not path.exists():  # deleted by hand: nothing to take back
+            return
+        lines = path.read_bytes().splitlines(keepends=True)
+        kept = [line for line in lines if not _taken_back(line, ledger)]
+        if len(kept) < len(lines):
+            write_atomic(path, b"".join(kept))
 
     def _settle_unsettled_resubmissions(self, run: Run, ledger: Ledger) -> None:
         """Rows a killed collector wrote to a resubmission file but never settled in their
@@ -614,6 +651,16 @@ class Collector:
     async def _join(self, run: Run, ledger: Ledger, name: str, batch: Any) -> AsyncIterator[Any]:
         """Join one final batch (None: refused too often) with its sidecar; settle every row."""
         entry = run.manifest.files[name]
+        # Read as empty, a file deleted by hand would settle nothing (items) or leave its
+        # retried and real-time rows pending in a run marked collected (requests).
+        held = run.path / sidecar_name(name)
+        for needed, found in ((held, held), (run.path / name, run.requests_path(name))):
+            if entry.get("rows") and not found.exists():
+                raise FileNotFoundError(
+                    f"{needed} is gone (it holds {entry['rows']} row(s) of the run): put it"
+                    " back, then run collect-batches again; the results stay on the API until"
+                    " then"
+                )
         summary = self.summaries[run.run_id]
         deadline_cancelled = bool(entry.get("deadline_cancelled"))
         user_cancelled = bool(entry.get("user_cancelled"))
@@ -655,22 +702,25 @@ class Collector:
                 failed.get("reason", "") for failed in run.manifest.files[name]["failed_batches"]
             )
             return Failure(BATCH_FAILED, f"the batch failed validation: {reasons}")
-        try:
-            row = json.loads(raw) if raw is not None else None
-        except ValueError:
-            row = None
-            self._inc("results/unreadable")
-            logger.warning(
-                "Unreadable result row for %s in %s: resubmitting it.", record["custom_id"], name
-            )
-        if row is None:
-            resubmitted = int(record.get("resubmitted") or 0)
-            return Failure(
-                MISSING,
-                f"batch {batch.id} ({batch.status}) returned no readable row for this request"
-                + (f" (resubmitted {resubmitted} time(s))" if resubmitted else ""),
-            )
-        return parse_batch_row(row, run.schema(record["schema"])["schema"])
+        schema = run.schema(record["schema"])["schema"]
+        if raw is not None:
+            try:
+                return parse_batch_row(json.loads(raw), schema)
+            # Not JSON, or JSON not shaped like an output row (a proxy's error page, a
+            # server's own format): the row never ran as far as we can tell.
+            except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+                self._inc("results/unreadable")
+                logger.warning(
+                    "Unreadable result row for %s in %s: resubmitting it.",
+                    record["custom_id"],
+                    name,
+                )
+        resubmitted = int(record.get("resubmitted") or 0)
+        return Failure(
+            MISSING,
+            f"batch {batch.id} ({batch.status}) returned no readable row for this request"
+            + (f" (resubmitted {resubmitted} time(s))" if resubmitted else ""),
+        )
 
     def _emit(self, run: Run, ledger: Ledger, record: dict[str, Any], outcome: Extracted) -> Any:
         item = rebuild_item(record)
@@ -944,6 +994,17 @@ class Collector:
             self.progress.show(self._progress_text, force=True)
         else:
             logger.info("%s; next poll in %g s", self._progress_text(), self.options.poll_interval)
+
+
+def _taken_back(line: bytes, ledger: Ledger) -> bool:
+    """A pipeline failure of failures.jsonl whose row the ledger no longer counts failed."""
+    try:
+        failure = json.loads(line)
+        if failure.get("kind") != PIPELINE_ERROR:
+            return False
+    except (ValueError, AttributeError):  # a line a kill cut: kept as it is
+        return False
+    return ledger.state(str(failure.get("custom_id"))) != ITEM_ERROR
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

@@ -191,6 +191,14 @@ class Ledger:
         self._emitted.clear()
         return self.db.execute("DELETE FROM rows WHERE state = ?", (EMITTED,)).rowcount
 
+    def item_errors(self) -> int:
+        """Rows a project pipeline raised on (what ``--retry-failed`` takes back)."""
+        return int(
+            self.db.execute("SELECT COUNT(*) FROM rows WHERE state = ?", (ITEM_ERROR,)).fetchone()[
+                0
+            ]
+        )
+
     def forget_item_errors(self) -> int:
         """Make the rows a pipeline failed on pending again (``--retry-failed``)."""
         return self.db.execute("DELETE FROM rows WHERE state = ?", (ITEM_ERROR,)).rowcount

@@ -7,7 +7,9 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING
 
-from ..client import sync_client
+import openai
+
+from ..client import redact, sync_client
 from ..config import Config
 from ..manifest import SUBMITTED, utc_now
 from ..models import cost_usd, format_usd, model_info
@@ -105,28 +107,48 @@ def status_table(settings: BaseSettings, options: CollectOptions) -> str:
     return rows_table(runs) + "\n\n" + table(header, rows)
 
 
-def cancel_batches(settings: BaseSettings, options: CollectOptions) -> int:
-    """Cancel the batches in flight of the runs this process can lock; their rows fail for good."""
+def cancel_batches(settings: BaseSettings, options: CollectOptions) -> tuple[int, int]:
+    """Cancel the batches in flight of the runs this process can lock; their rows fail for good.
+
+    Returns (cancelled, left): left counts the runs another process holds and the batches
+    the API would not cancel; the command exits 1 for them. The cancels that went through
+    are recorded whatever fails after them, so collection never resubmits their rows."""
     config = Config.from_settings(settings)
     client = sync_client(config)
     policy = RetryPolicy.from_config(config)
-    cancelled = 0
+    cancelled = left = 0
     try:
         for run in select_runs(config, options):
             if run.manifest.data.get("collected_at"):
                 continue
             if not run.try_lock():
-                logger.warning("Not cancelling run %s: another process holds it.", run.run_id)
+                logger.error(
+                    "Not cancelling run %s: another process (a crawl or a collector) holds it;"
+                    " run --cancel again once it has stopped.",
+                    run.run_id,
+                )
+                left += 1
                 continue
             try:
                 run.reload()
                 for name in run.manifest.with_status(SUBMITTED):
                     entry = run.manifest.files[name]
                     batch_id = entry["batch_id"]
-                    batch = policy.call_sync(partial(client.batches.retrieve, batch_id))
-                    if batch.status not in ACTIVE:
+                    try:
+                        batch = policy.call_sync(partial(client.batches.retrieve, batch_id))
+                        if batch.status not in ACTIVE:
+                            continue
+                        policy.call_sync(partial(client.batches.cancel, batch_id))
+                    except openai.OpenAIError as exc:
+                        logger.error(
+                            "Could not cancel batch %s (%s of %s): %s; run --cancel again.",
+                            batch_id,
+                            name,
+                            run.run_id,
+                            redact(f"{type(exc).__name__}: {exc}", client.api_key),
+                        )
+                        left += 1
                         continue
-                    policy.call_sync(partial(client.batches.cancel, batch_id))
                     entry["user_cancelled"] = utc_now()
                     cancelled += 1
                     logger.info("Cancelled batch %s (%s of %s)", batch.id, name, run.run_id)
@@ -135,4 +157,4 @@ def cancel_batches(settings: BaseSettings, options: CollectOptions) -> int:
                 run.unlock()
     finally:
         client.close()
-    return cancelled
+    return cancelled, left

@@ -11,6 +11,7 @@ run stayed stuck; 2 a usage error (such as an unknown ``--run``).
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from scrapy.commands import ScrapyCommand
@@ -110,9 +111,10 @@ class Command(ScrapyCommand):
                 self.settings, opts.output, overwrite_output=opts.overwrite_output
             )
             self.settings.set("FEEDS", feeds, priority="cmdline")
-        if opts.poll_interval <= 0:
+        # "nan" parses as a float and compares False with everything: refused by name.
+        if not (0 < opts.poll_interval < math.inf):
             raise UsageError("--poll-interval must be a positive number of seconds")
-        if opts.deadline is not None and opts.deadline < 0:
+        if opts.deadline is not None and not (0 <= opts.deadline < math.inf):
             raise UsageError("--deadline must be a number of hours, 0 or more")
         if opts.status and opts.cancel:
             raise UsageError("--status changes nothing: use it without --cancel")
@@ -179,7 +181,7 @@ class Command(ScrapyCommand):
             print(status_table(self.settings, options))
             return
         if opts.cancel:
-            cancel_batches(self.settings, options)
+            self.exitcode = 1 if cancel_batches(self.settings, options)[1] else 0
             return
         assert self.crawler_process is not None
         self.exitcode = collect(self.crawler_process, options)

@@ -9,14 +9,27 @@ marked ``*`` (``?`` while suspect). RULES_DIR defaults to
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from .store import FILENAME, RuleStore, TemplateState
 
+LEGEND = """\
+Learned rules per site and page template (a hash of the page layout; one page of it is named).
+Per field, the rules that reproduced the model's answer:
+  * promoted: answers that field of the template's pages (with the other promoted ones)
+  ? suspect: the model just contradicted it; the model answers until its next answer decides
+    candidate: not yet promoted
+  "absent": the model answered null on the template's pages; the field is null there
+"""
+
 
 def describe(site: str, template: str, state: TemplateState) -> list[str]:
-    lines = [f"{site}  template {template}: {state.model_pages} page(s) answered by the model"]
+    lines = [
+        f"{site}  template {template}: {state.model_pages} page(s) answered by the model"
+        + (f", e.g. {state.example_url}" if state.example_url else "")
+    ]
     for name, rules in sorted(state.rules.items()):
         lines.append(f"  {name}:")
         for key, rule in sorted(rules.items(), key=lambda kv: (-kv[1].promoted, kv[0])):
@@ -38,8 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     store = RuleStore(args.rules_dir)
     try:
+        print(LEGEND)
         for site, template, state in store.templates():
             print("\n".join(describe(site, template, state)))
+        sys.stdout.flush()
+    except BrokenPipeError:  # read through "| head" or a pager quit early: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         store.close()
     return 0

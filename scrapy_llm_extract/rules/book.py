@@ -129,7 +129,7 @@ class RuleBook:
                     return Verdict(view, ALARM_SHAPE, alarm_field=name)
                 keys.add(canonical(typed_value))
                 value = typed_value if value is MISSING else value
-            if len(keys) > 1:
+            if len(keys) > 1 or (keys == {None} and _value_seen(view, rules)):
                 return Verdict(view, ALARM_DISAGREE, alarm_field=name)
             if shape(value) not in state.shapes.get(name, ()):
                 return Verdict(view, ALARM_SHAPE, alarm_field=name)
@@ -152,6 +152,7 @@ class RuleBook:
         """Teach the book the model's answer for this page."""
         state = self.template(view)
         state.model_pages += 1
+        state.example_url = state.example_url or view.url
         learned = Learned()
         for name, value in answer.items():
             expected = canonical(value)
@@ -183,7 +184,9 @@ class RuleBook:
                 self._agreed(rules[key], learned)
         if learned.promoted or learned.retired:
             state.answered_since_change = 0
-        self.store.save(view.site, view.template, state)
+        self._templates[(view.site, view.template)] = self.store.save(
+            view.site, view.template, state
+        )
         return learned
 
     def learn_page(
@@ -240,7 +243,7 @@ class RuleBook:
         """What a spooled page's row keeps, to learn from its batch answer wherever it is
         collected: the values rules read (its raw text is not kept, so the values of the
         template's delimited rules are read now)."""
-        kept = PageView(view.site, view.template, dict(view.values))
+        kept = PageView(view.site, view.template, dict(view.values), url=view.url)
         for rules in self.template(view).rules.values():
             for key in rules:
                 if key.startswith(DELIMITED) and (value := _read(view, key)) is not MISSING:
@@ -260,6 +263,21 @@ class RuleBook:
         for (site, template), state in self._templates.items():
             self.store.save(site, template, state)
         self.store.close()
+
+
+def _value_seen(view: PageView, rules: Mapping[str, RuleState]) -> bool:
+    """Whether a candidate that read the model's last answers right reads a value here.
+
+    Every rule but ``absent`` was found on a page where the model gave a value, so when
+    one that still agrees reads a value on a page the committee calls null, the field is
+    not absent here (a sale price that only some pages show)."""
+    return any(
+        key != ABSENT
+        and not rule.promoted
+        and rule.streak
+        and _read(view, key) not in (MISSING, UNREAD)
+        for key, rule in rules.items()
+    )
 
 
 def _read(view: PageView, key: str) -> Any:

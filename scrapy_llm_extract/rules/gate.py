@@ -5,7 +5,8 @@ this item?" and says "the model answered it". Stats, under
 ``llm_extract/rules/``: ``answered`` (pages the rules answered), ``model``
 (pages that went to the model while rules were on, audits and alarms included),
 ``audited``, ``alarm/<disagree|missing|shape>``, ``disagreements``,
-``promoted``, ``retired``, ``failed/<step>`` (``load``/``publish``: the rules shared
+``promoted``, ``retired``, ``source_info_unset`` (items whose class lacks
+LLM_EXTRACT_SOURCE_INFO_FIELD), ``failed/<step>`` (``load``/``publish``: the rules shared
 through an s3:// spool's store, see :mod:`.shared`), ``learning_realtime``
 (batch pages sent real time to learn their template) and ``saved_usd``: what the
 rule-answered pages would have cost the model on their route (prompt tokens as
@@ -27,6 +28,7 @@ from ..router import BATCH, REALTIME
 from ..tokens import count_tokens
 from .book import ALARMS, ANSWERED, AUDIT, UNKNOWN, Learned, RuleBook, Verdict
 from .shared import SharedRules
+from .store import FILENAME
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -67,14 +69,22 @@ class RulesGate:
         try:
             self.book = rule_book(config) if config.rules else None
         except (OSError, sqlite3.Error) as exc:
+            damaged = type(exc) is sqlite3.DatabaseError  # "file is not a database"
+            fix = (
+                f"move the damaged {config.rules_dir}/{FILENAME} away (rules are then learned"
+                " afresh)"
+                if damaged
+                else "point it at a writable folder"
+            )
             raise ConfigError(
                 f"LLM_EXTRACT_RULES_DIR {config.rules_dir} cannot hold the learned rules ({exc}):"
-                " point it at a writable folder, or set LLM_EXTRACT_RULES = False."
+                f" {fix}, or set LLM_EXTRACT_RULES = False."
             ) from None
         self.shared = self._load_shared()
         self._model = model_info(config.model, config.prices)
         self._saved: float | None = 0.0
         self._learning_realtime: Counter[tuple[str, str]] = Counter()
+        self._no_source_info: set[type] = set()
 
     def consult(self, adapter: ItemAdapter, prepared: Prepared, route: str) -> Verdict | None:
         """The rules' verdict on an item: its fields, or why the model must answer it.
@@ -235,8 +245,19 @@ class RulesGate:
         self.stats.set_value(f"{STATS_PREFIX}/saved_usd", rounded_usd(self._saved))
 
     def _mark(self, adapter: ItemAdapter, sources: dict[str, Any]) -> None:
-        if self.config.source_info_field:
-            set_field(adapter, self.config.source_info_field, sources)
+        name = self.config.source_info_field
+        if not name or set_field(adapter, name, sources):
+            return
+        self._inc("source_info_unset")
+        cls = type(adapter.item)
+        if cls not in self._no_source_info:
+            self._no_source_info.add(cls)
+            logger.warning(
+                "%s has no field %r (LLM_EXTRACT_SOURCE_INFO_FIELD): add it to the item class"
+                " to see which values came from rules (llm_extract/rules/source_info_unset).",
+                cls.__name__,
+                name,
+            )
 
     def _inc(self, name: str, count: int = 1) -> None:
         self.stats.inc_value(f"{STATS_PREFIX}/{name}", count)

@@ -83,6 +83,7 @@ class PageView:
     values: dict[str, str]
     #: The raw page, for delimited rules (None once spooled: see RuleBook.remember).
     source: str | None = field(default=None, repr=False)
+    url: str | None = None
     _canonical: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def canonical(self, key: str) -> Any:
@@ -91,11 +92,18 @@ class PageView:
         return self._canonical[key]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"site": self.site, "template": self.template, "values": self.values}
+        return {
+            "site": self.site,
+            "template": self.template,
+            "values": self.values,
+            "url": self.url,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PageView:
-        return cls(str(data["site"]), str(data["template"]), dict(data["values"]))
+        return cls(
+            str(data["site"]), str(data["template"]), dict(data["values"]), url=data.get("url")
+        )
 
 
 def site_of(url: str | None) -> str:
@@ -110,7 +118,7 @@ def observe(source: str | bytes, url: str | None) -> PageView:
     except ValueError:  # a str with an XML encoding declaration
         root = lxml.html.fromstring(source.encode() if isinstance(source, str) else source)
     except lxml.etree.ParserError:
-        return PageView(site_of(url), "empty", {})
+        return PageView(site_of(url), "empty", {}, url=url)
     raw = source if isinstance(source, str) else source.decode("utf-8", "replace")
     found: dict[str, Any] = {}
     skeleton: set[str] = set()
@@ -150,7 +158,7 @@ def observe(source: str | bytes, url: str | None) -> PageView:
         _labels(body, add)
     values = {key: value for key, value in found.items() if value is not _AMBIGUOUS}
     digest = hashlib.sha1("\n".join(sorted(skeleton)).encode()).hexdigest()[:12]
-    return PageView(site_of(url), digest, values, raw)
+    return PageView(site_of(url), digest, values, raw, url)
 
 
 def delimited_keys(source: str, value: str) -> Iterator[str]:

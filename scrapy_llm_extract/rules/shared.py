@@ -7,9 +7,8 @@ merges again and writes the result back with ``If-Match`` on the etag it read, s
 a machine that published in between is merged, never overwritten (on a 412: read,
 merge, retry, up to ``ATTEMPTS`` times).
 
-The merge keeps the committee's guarantees: per rule, the record that saw more
-disagreements wins, then the one with more agreements, so a retirement on one
-machine is never undone by another machine's promotion of the same rule.
+The merge is :func:`.store.merge_template`: a retirement on one machine is never
+undone by another machine's promotion of the same rule.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from ..store import PreconditionFailed
-from .store import RuleState, RuleStore, TemplateState
+from .store import RuleStore, TemplateState, merge_template
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -28,34 +27,6 @@ if TYPE_CHECKING:
 
 KEY = "rules/learned.json"
 ATTEMPTS = 5
-
-
-def merge_rule(local: RuleState, other: RuleState) -> RuleState:
-    """The record with more disagreements, then more agreements (ties: the local one)."""
-    return max((local, other), key=lambda rule: (rule.disagreements, rule.agreements))
-
-
-def merge_template(local: TemplateState, other: TemplateState) -> TemplateState:
-    rules: dict[str, dict[str, RuleState]] = {}
-    for name in local.rules.keys() | other.rules.keys():
-        mine, theirs = local.rules.get(name, {}), other.rules.get(name, {})
-        rules[name] = {
-            key: merge_rule(mine[key], theirs[key])
-            if key in mine and key in theirs
-            else mine.get(key) or theirs[key]
-            for key in mine.keys() | theirs.keys()
-        }
-    shapes = {
-        name: list(dict.fromkeys([*local.shapes.get(name, []), *other.shapes.get(name, [])]))
-        for name in local.shapes.keys() | other.shapes.keys()
-    }
-    return TemplateState(
-        rules=rules,
-        shapes=shapes,
-        model_pages=max(local.model_pages, other.model_pages),
-        # The lower count keeps the higher audit rate of the two.
-        answered_since_change=min(local.answered_since_change, other.answered_since_change),
-    )
 
 
 class SharedRules:

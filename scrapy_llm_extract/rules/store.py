@@ -2,8 +2,9 @@
 
 The rule book keeps a template's state in memory while it is used and writes
 it back whenever a model answer changed it, so a crawl that dies keeps what it
-learned up to its last answer. One process writes a rules dir at a time (the
-last writer wins a template); several readers are fine (WAL). A page spooled
+learned up to its last answer. Several processes may share a rules dir (a
+crawl and a cron collector): each save merges with what is stored, as shared
+rules do (:func:`merge_template`), so none undoes another's retirement. A page spooled
 for the Batch API travels with its row (see RuleBook.remember); this store only
 notes which rows' answers were learned, so a row delivered again after a kill
 does not count twice in the committee.
@@ -55,6 +56,8 @@ class TemplateState:
     model_pages: int = 0
     #: Pages rules answered since the last promotion or retirement (drives the audit rate).
     answered_since_change: int = 0
+    #: The first page the model answered, to show which pages the template hash stands for.
+    example_url: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -67,6 +70,41 @@ class TemplateState:
             for name, keys in data.pop("rules").items()
         }
         return cls(rules=rules, **data)
+
+
+def merge_rule(local: RuleState, other: RuleState) -> RuleState:
+    """The record with more disagreements, then more agreements (ties: the local one)."""
+    return max((local, other), key=lambda rule: (rule.disagreements, rule.agreements))
+
+
+def merge_template(local: TemplateState, other: TemplateState) -> TemplateState:
+    rules: dict[str, dict[str, RuleState]] = {}
+    for name in local.rules.keys() | other.rules.keys():
+        mine, theirs = local.rules.get(name, {}), other.rules.get(name, {})
+        rules[name] = {
+            key: merge_rule(mine[key], theirs[key])
+            if key in mine and key in theirs
+            else mine.get(key) or theirs[key]
+            for key in mine.keys() | theirs.keys()
+        }
+    shapes = {
+        name: list(dict.fromkeys([*local.shapes.get(name, []), *other.shapes.get(name, [])]))
+        for name in local.shapes.keys() | other.shapes.keys()
+    }
+    return TemplateState(
+        rules=rules,
+        shapes=shapes,
+        model_pages=max(local.model_pages, other.model_pages),
+        # The lower count keeps the higher audit rate of the two.
+        answered_since_change=min(local.answered_since_change, other.answered_since_change),
+        example_url=local.example_url or other.example_url,
+    )
+
+
+def _promoted(state: TemplateState) -> set[tuple[str, str]]:
+    return {
+        (name, key) for name, rules in state.rules.items() for key, r in rules.items() if r.promoted
+    }
 
 
 class RuleStore:
@@ -91,12 +129,20 @@ class RuleStore:
         ).fetchone()
         return None if row is None else TemplateState.from_json(row[0])
 
-    def save(self, site: str, template: str, state: TemplateState) -> None:
+    def save(self, site: str, template: str, state: TemplateState) -> TemplateState:
+        """Write ``state`` merged with what another process wrote meanwhile (a collector
+        beside a crawl); the merged state, for the caller to go on with."""
         with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            stored = self.load(site, template)
+            merged = state if stored is None else merge_template(state, stored)
+            if _promoted(merged) == _promoted(state):  # our own counts: the audit decays on
+                merged.answered_since_change = state.answered_since_change
             self._db.execute(
                 "INSERT OR REPLACE INTO templates (site, template, state) VALUES (?, ?, ?)",
-                (site, template, state.to_json()),
+                (site, template, merged.to_json()),
             )
+        return merged
 
     def templates(self) -> Iterator[tuple[str, str, TemplateState]]:
         for site, template, state in self._db.execute(

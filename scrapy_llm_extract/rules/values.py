@@ -33,12 +33,20 @@ def clean_text(text: str) -> str:
     return _SCHEMA_ORG.sub("", " ".join(text.split()))
 
 
+#: One separator before exactly three digits: "1.299 €" in Berlin, 1.299 in a lab.
+_AMBIGUOUS = re.compile(r"-?[1-9]\d{0,2}[.,]\d{3}")
+
+
 def parse_number(text: str) -> float | None:
-    """The number a price-like text states: "1.299,00 €", "$1,299.00", "1299" -> 1299.0."""
-    match = _NUMBER.fullmatch(clean_text(text))
-    if not match:
+    """The number a price-like text states: "1.299,00 €", "$1,299.00", "1299" -> 1299.0.
+
+    "1.299" and "1,299" read as thousands (prices with three decimals are rarer than
+    prices over a thousand); :func:`ambiguous_number` tells a rule not to answer them."""
+    digits = _digits(text)
+    if digits is None:
         return None
-    digits = re.sub(r"[\s']", "", match.group(1))
+    if _AMBIGUOUS.fullmatch(digits):
+        return float(digits.replace(",", "").replace(".", ""))
     if "," in digits and "." in digits:
         decimal = "." if digits.rfind(".") > digits.rfind(",") else ","
         digits = digits.replace("," if decimal == "." else ".", "").replace(",", ".")
@@ -53,12 +61,24 @@ def parse_number(text: str) -> float | None:
         return None
 
 
+def ambiguous_number(text: str) -> bool:
+    """Whether a text states a number only its site's convention decides ("1.299")."""
+    digits = _digits(text)
+    return digits is not None and bool(_AMBIGUOUS.fullmatch(digits))
+
+
+def _digits(text: str) -> str | None:
+    """The number part of a price-like text, its spaces and apostrophes taken out."""
+    match = _NUMBER.fullmatch(clean_text(text))
+    return re.sub(r"[\s']", "", match.group(1)) if match else None
+
+
 def canonical(value: Any) -> Any:
     """The comparison key of a value: numbers as floats, text folded, empty as None."""
     if value is None or value is MISSING:
         return value
-    if isinstance(value, bool):
-        return value
+    if isinstance(value, bool):  # as text: True == 1.0 made any "1" on a page agree with True
+        return "true" if value else "false"
     if isinstance(value, int | float):
         return round(float(value), 6)
     text = clean_text(str(value))
@@ -92,6 +112,8 @@ def typed(raw: Any, schema: Mapping[str, Any]) -> Any:
     for kind in field_types(schema):
         if kind == "string" and text:
             return _in_enum(text, schema)
+        if kind in ("number", "integer") and ambiguous_number(text):
+            continue  # a rule must not guess: the model reads the page
         if kind in ("number", "integer") and (number := parse_number(text)) is not None:
             if kind == "number":
                 return number
@@ -111,8 +133,10 @@ def _in_enum(text: str, schema: Mapping[str, Any]) -> Any:
 
 def shape(value: Any) -> str:
     """A coarse profile: the kind, the order of magnitude of its length, digits, currency."""
+    if value is None or isinstance(value, bool):
+        return repr(value)
     key = canonical(value)
-    if key is None or isinstance(key, bool):
+    if key is None:
         return repr(key)
     if isinstance(key, float):
         return f"number:{len(str(int(abs(key))))}"
