@@ -311,6 +311,16 @@ def test_one_wrong_model_answer_does_not_retire_a_good_rule():
 # Persistence and batch answers.
 
 
+def test_a_state_a_later_version_wrote_with_more_keys_still_loads():
+    from scrapy_llm_extract.rules.store import RuleState, TemplateState
+
+    state = TemplateState(rules={"price": {"css:p.price": RuleState(streak=2, agreements=2)}})
+    data = json.loads(state.to_json())
+    data["added_later"] = "x"
+    data["rules"]["price"]["css:p.price"]["added_later"] = 1
+    assert TemplateState.from_json(json.dumps(data)) == state
+
+
 def test_rules_persist_across_rule_books(tmp_path):
     first = book(tmp_path, min_pages=3)
     teach(first, range(3))

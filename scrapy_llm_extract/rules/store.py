@@ -16,8 +16,9 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 FILENAME = "rules.sqlite3"
 
@@ -64,12 +65,19 @@ class TemplateState:
 
     @classmethod
     def from_json(cls, text: str) -> TemplateState:
+        """The state ``text`` holds; keys a later version added are ignored, so machines of
+        two versions can share one store's rules."""
         data = json.loads(text)
         rules = {
-            name: {key: RuleState(**state) for key, state in keys.items()}
+            name: {key: RuleState(**_known(RuleState, state)) for key, state in keys.items()}
             for name, keys in data.pop("rules").items()
         }
-        return cls(rules=rules, **data)
+        return cls(rules=rules, **_known(cls, data))
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {key: value for key, value in data.items() if key in names}
 
 
 def merge_rule(local: RuleState, other: RuleState) -> RuleState:
